@@ -1,0 +1,133 @@
+"""Log-mel front end in TensorFlow (tf.signal), usable inside a SavedModel.
+
+waveform (16 kHz mono float32) -> STFT magnitude (25 ms periodic Hann, 10 ms
+hop, FFT 512) -> 64 HTK mel bands 125-7500 Hz -> log(mel + 0.01) -> frames
+grouped into non-overlapping windows of 96 frames.
+
+Framing rules (documented once, here):
+  * STFT frames are taken without padding: a waveform of N >= 400 samples
+    gives 1 + (N - 400) // 160 frames.
+  * Windows are non-overlapping runs of 96 frames. A trailing partial window
+    (fewer than 96 frames left) is dropped, as VGGish does: a 10 s clip gives
+    10 windows, the last 0.38 s unused.
+  * A clip too short for one window (< 15,600 samples, ~0.975 s) is zero-
+    padded at the end to exactly one window when `pad_short=True` (default),
+    else it yields zero windows and callers drop it.
+  * Window w of a recording starts at w * 0.96 s.
+"""
+
+import tensorflow as tf
+
+from triplet_audio import constants as C
+
+
+def _mel_matrix(dtype=tf.float32):
+    # linear_to_mel_weight_matrix uses the HTK mel scale (1127 ln(1 + f/700)).
+    return tf.signal.linear_to_mel_weight_matrix(
+        num_mel_bins=C.NUM_MEL_BANDS,
+        num_spectrogram_bins=C.NUM_SPECTROGRAM_BINS,
+        sample_rate=C.SAMPLE_RATE,
+        lower_edge_hertz=C.MEL_LOWER_HZ,
+        upper_edge_hertz=C.MEL_UPPER_HZ,
+        dtype=dtype)
+
+
+def waveform_to_logmel(waveform):
+    """Computes log-mel frames of a 16 kHz waveform.
+
+    Args:
+      waveform: float32 tensor [..., num_samples] at `constants.SAMPLE_RATE`.
+
+    Returns:
+      float32 tensor [..., num_frames, 64] of log(mel + 0.01). num_frames is
+      0 when num_samples < 400.
+    """
+    waveform = tf.convert_to_tensor(waveform, tf.float32)
+    stft = tf.signal.stft(
+        waveform,
+        frame_length=C.STFT_WINDOW_SAMPLES,
+        frame_step=C.STFT_HOP_SAMPLES,
+        fft_length=C.FFT_LENGTH,
+        window_fn=tf.signal.hann_window,  # periodic=True by default.
+        pad_end=False)
+    magnitude = tf.abs(stft)
+    mel = tf.tensordot(magnitude, _mel_matrix(), axes=1)
+    mel.set_shape(magnitude.shape[:-1].concatenate([C.NUM_MEL_BANDS]))
+    return tf.math.log(mel + C.LOG_OFFSET)
+
+
+def logmel_to_windows(logmel):
+    """Groups log-mel frames into non-overlapping [96, 64] windows.
+
+    Args:
+      logmel: float32 tensor [num_frames, 64].
+
+    Returns:
+      float32 tensor [num_frames // 96, 96, 64]; the trailing partial window
+      is dropped.
+    """
+    logmel = tf.convert_to_tensor(logmel, tf.float32)
+    num_windows = tf.shape(logmel)[0] // C.WINDOW_FRAMES
+    kept = logmel[:num_windows * C.WINDOW_FRAMES]
+    return tf.reshape(kept, [num_windows, C.WINDOW_FRAMES, C.NUM_MEL_BANDS])
+
+
+def pad_to_one_window(waveform):
+    """Zero-pads a 1-D waveform at the end to at least one window of samples."""
+    waveform = tf.convert_to_tensor(waveform, tf.float32)
+    missing = tf.maximum(C.MIN_WINDOW_SAMPLES - tf.shape(waveform)[0], 0)
+    return tf.pad(waveform, [[0, missing]])
+
+
+def waveform_to_windows(waveform, pad_short=True):
+    """Maps a 1-D 16 kHz waveform to its log-mel windows.
+
+    Args:
+      waveform: float32 tensor [num_samples].
+      pad_short: whether a clip shorter than one window is zero-padded to one
+        window (True) or yields zero windows (False).
+
+    Returns:
+      float32 tensor [num_windows, 96, 64].
+    """
+    waveform = tf.convert_to_tensor(waveform, tf.float32)
+    if pad_short:
+        waveform = pad_to_one_window(waveform)
+    elif waveform.shape.rank == 1 and waveform.shape[0] is not None and (
+            waveform.shape[0] < C.STFT_WINDOW_SAMPLES):
+        # tf.signal.stft needs at least one frame's worth of samples.
+        return tf.zeros([0, C.WINDOW_FRAMES, C.NUM_MEL_BANDS], tf.float32)
+    else:
+        waveform = tf.pad(waveform, [[
+            0, tf.maximum(C.STFT_WINDOW_SAMPLES - tf.shape(waveform)[0], 0)]])
+    return logmel_to_windows(waveform_to_logmel(waveform))
+
+
+def num_windows_for_samples(num_samples, pad_short=True):
+    """Number of windows `waveform_to_windows` yields for `num_samples` samples.
+
+    Args:
+      num_samples: int, length of a 16 kHz waveform.
+      pad_short: as in `waveform_to_windows`.
+
+    Returns:
+      int.
+    """
+    if num_samples < C.MIN_WINDOW_SAMPLES:
+        return 1 if pad_short else 0
+    frames = 1 + (num_samples - C.STFT_WINDOW_SAMPLES) // C.STFT_HOP_SAMPLES
+    return frames // C.WINDOW_FRAMES
+
+
+def samples_for_windows(num_windows):
+    """Samples a waveform needs to yield exactly `num_windows` full windows."""
+    if num_windows <= 0:
+        return 0
+    return (num_windows - 1) * C.WINDOW_HOP_SAMPLES + C.MIN_WINDOW_SAMPLES
+
+
+@tf.function(input_signature=[tf.TensorSpec([None], tf.float32)],
+             reduce_retracing=True)
+def windows_fn(waveform):
+    """Graph-compiled `waveform_to_windows` without padding, for extraction."""
+    return waveform_to_windows(waveform, pad_short=False)

@@ -1,0 +1,336 @@
+"""Record schema, writer helpers and the sharded corpus reader.
+
+The one home of the on-disk format. A corpus directory holds
+
+  shard-NNNNN-of-MMMMM.tfrecord   tf.train.Example records, one per recording
+                                  (or per chunk of at most
+                                  `constants.MAX_WINDOWS_PER_RECORD` windows of
+                                  a long recording)
+  shard-NNNNN-of-MMMMM.json       per-shard summary (counts, failures), written
+                                  before the shard is renamed into place
+  manifest.json                   front-end parameters, class vocabulary, counts
+                                  per shard and every failed file with its reason
+
+Example features (keys are the constants below):
+
+  logmel        bytes   float32 little-endian [num_windows, 96, 64]
+  num_windows   int64   W
+  start_times   float   [W] start of each window in seconds from the start of
+                        the recording (not of the chunk)
+  recording_id  bytes   stable id of the recording (all its chunks share it)
+  chunk_index   int64   0 for the first chunk of a recording
+  labels        int64   [L] class indices into the manifest's vocabulary (may
+                        be empty)
+  split         bytes   optional split name from the input CSV ("" if none)
+  source_path   bytes   the audio file the record came from
+
+`parse_example` decodes one serialized record into the dict the samplers
+consume; nothing downstream of it sees the file format.
+"""
+
+import glob
+import json
+import os
+import struct
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from triplet_audio import constants as C
+
+LOGMEL = "logmel"
+NUM_WINDOWS = "num_windows"
+START_TIMES = "start_times"
+RECORDING_ID = "recording_id"
+CHUNK_INDEX = "chunk_index"
+LABELS = "labels"
+SPLIT = "split"
+SOURCE_PATH = "source_path"
+
+SHARD_SUFFIX = ".tfrecord"
+MANIFEST_NAME = "manifest.json"
+TEMP_SUFFIX = ".incomplete"
+
+_FEATURES = {
+    LOGMEL: tf.io.FixedLenFeature([], tf.string),
+    NUM_WINDOWS: tf.io.FixedLenFeature([], tf.int64),
+    START_TIMES: tf.io.VarLenFeature(tf.float32),
+    RECORDING_ID: tf.io.FixedLenFeature([], tf.string),
+    CHUNK_INDEX: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    LABELS: tf.io.VarLenFeature(tf.int64),
+    SPLIT: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    SOURCE_PATH: tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+
+
+def shard_name(index, num_shards):
+    """File name of shard `index` of `num_shards`."""
+    return "shard-%05d-of-%05d%s" % (index, num_shards, SHARD_SUFFIX)
+
+
+def make_example(logmel, start_times, recording_id, labels=(), chunk_index=0,
+                 split="", source_path=""):
+    """Builds one record.
+
+    Args:
+      logmel: float array [W, 96, 64].
+      start_times: float array [W], seconds from the start of the recording.
+      recording_id: str.
+      labels: iterable of int class indices.
+      chunk_index: int, index of this chunk within the recording.
+      split: str, optional split name.
+      source_path: str, the audio file.
+
+    Returns:
+      tf.train.Example.
+
+    Raises:
+      ValueError: if shapes disagree or the windows are not finite.
+    """
+    logmel = np.asarray(logmel, dtype="<f4")
+    if logmel.ndim != 3 or logmel.shape[1:] != C.WINDOW_SHAPE:
+        raise ValueError("logmel must be [W, %d, %d], got %s" %
+                         (C.WINDOW_SHAPE + (logmel.shape,)))
+    start_times = np.asarray(start_times, dtype=np.float32).reshape(-1)
+    if start_times.shape[0] != logmel.shape[0]:
+        raise ValueError("%d start times for %d windows" %
+                         (start_times.shape[0], logmel.shape[0]))
+    if not np.all(np.isfinite(logmel)):
+        raise ValueError("non-finite log-mel values in %s" % recording_id)
+
+    def _bytes(v):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+    def _ints(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=list(v)))
+
+    feature = {
+        LOGMEL: _bytes(logmel.tobytes()),
+        NUM_WINDOWS: _ints([logmel.shape[0]]),
+        START_TIMES: tf.train.Feature(
+            float_list=tf.train.FloatList(value=start_times.tolist())),
+        RECORDING_ID: _bytes(recording_id.encode("utf-8")),
+        CHUNK_INDEX: _ints([int(chunk_index)]),
+        LABELS: _ints(int(l) for l in labels),
+        SPLIT: _bytes(split.encode("utf-8")),
+        SOURCE_PATH: _bytes(source_path.encode("utf-8")),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def parse_example(serialized):
+    """Decodes one serialized record into tensors (works inside tf.data).
+
+    Args:
+      serialized: scalar string tensor.
+
+    Returns:
+      dict with `logmel` float32 [W, 96, 64], `num_windows` int64 [],
+      `start_times` float32 [W], `recording_id` string [], `chunk_index` int64
+      [], `labels` int64 [L], `split` string [], `source_path` string [].
+    """
+    parsed = tf.io.parse_single_example(serialized, _FEATURES)
+    logmel = tf.io.decode_raw(parsed[LOGMEL], tf.float32, little_endian=True)
+    logmel = tf.reshape(logmel, [-1, C.WINDOW_FRAMES, C.NUM_MEL_BANDS])
+    return {
+        LOGMEL: logmel,
+        NUM_WINDOWS: parsed[NUM_WINDOWS],
+        START_TIMES: tf.sparse.to_dense(parsed[START_TIMES]),
+        RECORDING_ID: parsed[RECORDING_ID],
+        CHUNK_INDEX: parsed[CHUNK_INDEX],
+        LABELS: tf.sparse.to_dense(parsed[LABELS]),
+        SPLIT: parsed[SPLIT],
+        SOURCE_PATH: parsed[SOURCE_PATH],
+    }
+
+
+def example_to_numpy(example):
+    """Decodes a tf.train.Example (Python object) into NumPy values."""
+    f = example.features.feature
+    logmel = np.frombuffer(f[LOGMEL].bytes_list.value[0], dtype="<f4")
+    return {
+        LOGMEL: logmel.reshape((-1,) + C.WINDOW_SHAPE),
+        NUM_WINDOWS: f[NUM_WINDOWS].int64_list.value[0],
+        START_TIMES: np.asarray(f[START_TIMES].float_list.value, np.float32),
+        RECORDING_ID: f[RECORDING_ID].bytes_list.value[0].decode("utf-8"),
+        CHUNK_INDEX: f[CHUNK_INDEX].int64_list.value[0],
+        LABELS: np.asarray(f[LABELS].int64_list.value, np.int64),
+        SPLIT: f[SPLIT].bytes_list.value[0].decode("utf-8"),
+        SOURCE_PATH: f[SOURCE_PATH].bytes_list.value[0].decode("utf-8"),
+    }
+
+
+class CorruptShardError(ValueError):
+    """A shard's record framing is truncated or corrupt."""
+
+
+def check_shard_framing(path):
+    """Walks a TFRecord file's length headers without reading payloads.
+
+    Cheap (one seek per record), so the reader can name a truncated shard
+    before tf.data meets it mid-epoch.
+
+    Args:
+      path: a TFRecord file.
+
+    Returns:
+      int, number of records.
+
+    Raises:
+      CorruptShardError: naming `path` and the byte offset, if a header or
+        payload runs past the end of the file.
+    """
+    size = os.path.getsize(path)
+    count = 0
+    offset = 0
+    with open(path, "rb") as f:
+        while offset < size:
+            header = f.read(12)
+            if len(header) < 12:
+                raise CorruptShardError(
+                    "%s: truncated record header at byte %d (file has %d bytes)"
+                    % (path, offset, size))
+            (length,) = struct.unpack("<Q", header[:8])
+            end = offset + 12 + length + 4
+            if end > size:
+                raise CorruptShardError(
+                    "%s: truncated record at byte %d: needs %d bytes, file has %d"
+                    % (path, offset, end, size))
+            offset = end
+            f.seek(offset)
+            count += 1
+    return count
+
+
+def list_shards(file_pattern):
+    """Expands a glob, directory or comma-separated list into sorted shards.
+
+    Args:
+      file_pattern: a corpus directory, a glob, or comma-separated globs.
+
+    Returns:
+      sorted list of paths.
+
+    Raises:
+      FileNotFoundError: naming the pattern when nothing matches.
+    """
+    paths = []
+    for pattern in str(file_pattern).split(","):
+        pattern = pattern.strip()
+        if not pattern:
+            continue
+        if os.path.isdir(pattern):
+            pattern = os.path.join(pattern, "*" + SHARD_SUFFIX)
+        paths.extend(p for p in glob.glob(pattern)
+                     if not p.endswith(TEMP_SUFFIX))
+    paths = sorted(set(paths))
+    if not paths:
+        raise FileNotFoundError("no TFRecord shards match %r" % file_pattern)
+    return paths
+
+
+def read_records(file_pattern, skip_corrupt=False, check_framing=True,
+                 num_parallel_reads=None, shuffle_files=False, seed=None,
+                 cycle_length=None, deterministic=True, prefetch=True):
+    """A tf.data pipeline of parsed records from a shard glob.
+
+    Shards are read by a parallel interleave, records parsed by a parallel map,
+    and the result prefetched.
+
+    Args:
+      file_pattern: corpus directory, glob or comma-separated globs.
+      skip_corrupt: if True, a corrupt shard (truncated framing) is left out
+        and a corrupt record is skipped, each with a logged warning; if False
+        (default) either raises an error naming the shard.
+      check_framing: scan each shard's record headers up front (cheap) so a
+        truncated shard is named before training starts.
+      num_parallel_reads: shards read at once (default AUTOTUNE).
+      shuffle_files: shuffle the shard order (seeded).
+      seed: seed for the shard shuffle.
+      cycle_length: interleave cycle length (default: min(#shards, 8)).
+      deterministic: keep a deterministic output order.
+      prefetch: add a final prefetch.
+
+    Returns:
+      tf.data.Dataset of `parse_example` dicts.
+
+    Raises:
+      FileNotFoundError: when no shard matches.
+      CorruptShardError: when a shard is truncated and `skip_corrupt` is False.
+    """
+    paths = list_shards(file_pattern)
+    if check_framing:
+        good = []
+        for path in paths:
+            try:
+                check_shard_framing(path)
+                good.append(path)
+            except CorruptShardError as e:
+                if not skip_corrupt:
+                    raise
+                logging.warning("skipping corrupt shard: %s", e)
+        if not good:
+            raise CorruptShardError("every shard matching %r is corrupt" %
+                                    file_pattern)
+        paths = good
+    return records_from_paths(
+        paths, skip_corrupt=skip_corrupt, num_parallel_reads=num_parallel_reads,
+        shuffle_files=shuffle_files, seed=seed, cycle_length=cycle_length,
+        deterministic=deterministic, prefetch=prefetch)
+
+
+def records_from_paths(paths, skip_corrupt=False, num_parallel_reads=None,
+                       shuffle_files=False, seed=None, cycle_length=None,
+                       deterministic=True, prefetch=True):
+    """Like `read_records` on an explicit list (or tensor) of shard paths."""
+    files = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths)))
+    if shuffle_files:
+        files = files.shuffle(len(paths), seed=seed,
+                              reshuffle_each_iteration=True)
+    autotune = tf.data.AUTOTUNE
+
+    def _one_shard(path):
+        ds = tf.data.TFRecordDataset(path)
+        if skip_corrupt:
+            ds = ds.ignore_errors(log_warning=True)
+        return ds
+
+    ds = files.interleave(
+        _one_shard,
+        cycle_length=cycle_length or max(1, min(len(paths), 8)),
+        num_parallel_calls=num_parallel_reads or autotune,
+        deterministic=deterministic)
+    ds = ds.map(parse_example, num_parallel_calls=autotune,
+                deterministic=deterministic)
+    if skip_corrupt:
+        ds = ds.ignore_errors(log_warning=True)
+    if prefetch:
+        ds = ds.prefetch(autotune)
+    return ds
+
+
+def load_manifest(corpus_dir):
+    """Reads a corpus directory's manifest.json.
+
+    Args:
+      corpus_dir: the corpus directory (or a glob inside it, or a path to the
+        manifest itself).
+
+    Returns:
+      dict.
+
+    Raises:
+      FileNotFoundError: naming the directory if it has no manifest.
+    """
+    corpus_dir = str(corpus_dir)
+    if corpus_dir.endswith(MANIFEST_NAME):
+        path = corpus_dir
+    else:
+        if not os.path.isdir(corpus_dir):
+            corpus_dir = os.path.dirname(corpus_dir.split(",")[0])
+        path = os.path.join(corpus_dir, MANIFEST_NAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError("no %s in %s" % (MANIFEST_NAME, corpus_dir))
+    with open(path) as f:
+        return json.load(f)
