@@ -1,0 +1,47 @@
+"""Package definition for triplet-audio. See BUILD_NOTES.md for why each
+dependency is here and what its range is pinned to."""
+
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _version():
+    with open(os.path.join(HERE, "triplet_audio", "__init__.py")) as f:
+        return re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
+
+
+def _scripts():
+    bin_dir = os.path.join(HERE, "bin")
+    return sorted(os.path.join("bin", name) for name in os.listdir(bin_dir)
+                  if not name.startswith((".", "_")))
+
+
+setup(
+    name="triplet-audio",
+    version=_version(),
+    description=("Semantic audio embeddings from unlabeled audio with triplet "
+                 "sampling and semi-hard triplet loss (Jansen et al.)."),
+    long_description=open(os.path.join(HERE, "README.md")).read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10,<3.14",
+    packages=find_packages(include=["triplet_audio", "triplet_audio.*"]),
+    scripts=_scripts(),
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.10,<4",
+        "absl-py>=2.1,<3",
+        "numpy>=1.26,<3",
+        "scikit-learn>=1.5,<2",
+        "soundfile>=0.12.1,<0.15",
+        "soxr>=0.5,<2",
+        "matplotlib>=3.8,<4",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10"],
+    },
+)
