@@ -1,4 +1,4 @@
-"""Independent NumPy reference of the log-mel front end in triplet_audio.frontend.
+"""Independent NumPy reference of the log-mel front end (frontend.py).
 
 Written from the numbers in DESIGN.md and the framing rules documented in
 `triplet_audio/frontend.py`, without calling TensorFlow, so that the tests can
@@ -32,7 +32,8 @@ def hz_to_mel(hz):
 
 def mel_to_hz(mel):
     """Inverse of `hz_to_mel`."""
-    return _HTK_MEL_BREAK_HZ * np.expm1(np.asarray(mel, np.float64) / _HTK_MEL_Q)
+    mel = np.asarray(mel, np.float64)
+    return _HTK_MEL_BREAK_HZ * np.expm1(mel / _HTK_MEL_Q)
 
 
 def periodic_hann(length=C.STFT_WINDOW_SAMPLES):
@@ -100,7 +101,7 @@ class NumpyFrontend:
         self.mel_matrix = mel_weight_matrix().astype(self.dtype)
 
     def waveform_to_logmel(self, waveform):
-        """[N] samples -> [num_frames, 64] log(mel + 0.01); 0 frames if N < 400."""
+        """[N] samples -> [num_frames, 64] log(mel + 0.01); none if N < 400."""
         frames = frame_signal(np.asarray(waveform, self.dtype))
         magnitude = np.abs(np.fft.rfft(frames * self.window, n=C.FFT_LENGTH,
                                        axis=-1))
@@ -127,7 +128,7 @@ class NumpyFrontend:
 
 
 def logmel_to_windows(logmel):
-    """[num_frames, 64] -> [num_frames // 96, 96, 64], trailing partial dropped."""
+    """[num_frames, 64] -> [num_frames // 96, 96, 64], dropping the rest."""
     num_windows = logmel.shape[0] // C.WINDOW_FRAMES
     return logmel[:num_windows * C.WINDOW_FRAMES].reshape(
         (num_windows,) + C.WINDOW_SHAPE)

@@ -50,7 +50,8 @@ FORMAT_VERSION_KEY = "format_version"
 REQUIRED_KEYS = (EMBEDDINGS, SEGMENT_INDEX, START_TIMES, SEGMENT_IDS, LABELS,
                  SPLIT, CLASS_NAMES, REPRESENTATION)
 
-_SHARD_RE = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.npz$")
+_SHARD_RE = re.compile(
+    r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.npz$")
 _TEMP_SUFFIX = ".incomplete"
 _GLOB_CHARS = frozenset("*?[")
 
@@ -220,11 +221,14 @@ def segment_means(emb_set, values=None):
 
 def _group_means(x, group, num_groups):
     """float32 [num_groups, K] means of the rows of `x` per `group` index."""
-    order = np.argsort(group, kind="stable")
     counts = np.bincount(group, minlength=num_groups)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    # reduceat over sorted rows: one pass, no [S, N] indicator matrix.
-    sums = np.add.reduceat(x[order], starts, axis=0, dtype=np.float32)
+    if np.any(np.diff(group) < 0):
+        # Rows must be grouped for reduceat; files written segment by segment
+        # already are, which spares a copy of a big log-mel array.
+        x = x[np.argsort(group, kind="stable")]
+    # reduceat over grouped rows: one pass, no [S, N] indicator matrix.
+    sums = np.add.reduceat(x, starts, axis=0, dtype=np.float32)
     return sums / counts[:, None].astype(np.float32)
 
 
@@ -368,7 +372,8 @@ def resolve_paths(path_or_glob):
 
     Accepts a single `.npz` file; a glob; a directory (all its `.npz` files);
     or the path given to `write_embeddings` when it wrote shards. Shards
-    named `-NNNNN-of-MMMMM.npz` must be complete.
+    named `-NNNNN-of-MMMMM.npz` matched by a glob, directory or output path
+    must be complete; a shard named on its own is read alone.
 
     Args:
       path_or_glob: str.
@@ -385,7 +390,8 @@ def resolve_paths(path_or_glob):
     elif any(ch in p for ch in _GLOB_CHARS):
         paths = sorted(glob.glob(p))
     elif os.path.isfile(p):
-        paths = [p]
+        # One named file is read alone, even a single shard.
+        return [p]
     else:
         stem = p[:-4] if p.endswith(".npz") else p
         paths = sorted(glob.glob(glob.escape(stem) + "-?????-of-?????.npz"))

@@ -10,6 +10,9 @@ Flag names follow the command-line contract in ../shared/DESIGN.md.
 
 from absl import flags
 
+from triplet_audio import audio_io
+from triplet_audio import constants
+
 FLAGS = flags.FLAGS
 
 SAMPLERS = ("noise", "translation", "mixing", "proximity", "supervised",
@@ -33,13 +36,16 @@ def _once(fn):
 @_once
 def define_extract_flags():
     """Flags of bin/extract_features."""
-    flags.DEFINE_string(
-        "input", None,
+    # --input and --output_dir are shared with other binaries' groups; a
+    # process (e.g. a test) may define several groups.
+    _define_if_missing(
+        flags.DEFINE_string, "input", None,
         "Audio to extract: a directory (searched recursively), a glob, or a CSV "
         "with columns path,labels[,split] (labels ';'-separated class names; "
         "relative paths are relative to the CSV).")
-    flags.DEFINE_string("output_dir", None,
-                        "Corpus directory to write shards and manifest.json to.")
+    _define_if_missing(
+        flags.DEFINE_string, "output_dir", None,
+        "Corpus directory to write shards and manifest.json to.")
     flags.DEFINE_integer("num_shards", 8, "Number of TFRecord shards.",
                          lower_bound=1)
     flags.DEFINE_integer("workers", 0,
@@ -56,12 +62,12 @@ def define_extract_flags():
         "'local' (multiprocessing on this machine) or an Apache Beam runner "
         "name (DirectRunner, DataflowRunner, ...).")
     flags.DEFINE_string(
-        "extensions", "wav,flac,ogg,oga,mp3,aiff,aif,au,caf,w64,rf64",
+        "extensions", ",".join(audio_io.AUDIO_EXTENSIONS),
         "Comma-separated file extensions picked up from a directory input.")
 
 
 # --------------------------------------------------------------- training
-MODELS = ("resnet50", "resnet18", "small")
+MODELS = constants.MODEL_NAMES
 
 
 @_once
@@ -70,8 +76,7 @@ def define_train_flags():
     flags.DEFINE_string("train_data", None,
                         "Training corpus: a corpus directory, a shard glob or "
                         "comma-separated globs.")
-    flags.DEFINE_string("model_dir", None,
-                        "Run directory: checkpoints, config.json, summaries.")
+    _define_model_dir()
     flags.DEFINE_enum("model", "resnet50", MODELS, "Embedding network.")
     flags.DEFINE_integer("embedding_size", 128, "Embedding dimension.",
                          lower_bound=1)
@@ -117,3 +122,287 @@ def define_train_flags():
     flags.DEFINE_boolean("skip_corrupt", False,
                          "Skip corrupt shards/records (with a warning) instead "
                          "of stopping.")
+
+
+def _define_model_dir():
+    # Shared by train and export; a process (e.g. a test) may define both.
+    if "model_dir" not in FLAGS:
+        flags.DEFINE_string(
+            "model_dir", None,
+            "Run directory: checkpoints, config.json, TensorBoard summaries.")
+
+
+# --------------------------------------------------------- export / embed
+@_once
+def define_export_flags():
+    """Flags of bin/export."""
+    _define_model_dir()
+    flags.DEFINE_string("export_dir", None,
+                        "Directory to write the SavedModel, metadata.json and "
+                        "model.keras to.")
+    flags.DEFINE_boolean("overwrite", False,
+                         "Replace an existing export in --export_dir.")
+
+
+@_once
+def define_embed_flags():
+    """Flags of bin/embed."""
+    _define_if_missing(
+        flags.DEFINE_string, "input", None,
+        "(Required.) Corpus to embed: TFRecord shards (a corpus directory with "
+        "manifest.json, a shard glob or comma-separated globs) or audio files "
+        "(a directory searched recursively, a glob, or a CSV with columns "
+        "path,labels[,split]).")
+    flags.DEFINE_string("output", None,
+                        "(Required.) Output .npz path (sharded as "
+                        "NAME-0000i-of-0000n.npz with --num_output_shards > 1).")
+    flags.DEFINE_string("saved_model", None,
+                        "Export directory written by bin/export. Exactly one "
+                        "of --saved_model and --representation.")
+    flags.DEFINE_enum("representation", None, ["logmel"],
+                      "Instead of --saved_model: write the log-mel baseline "
+                      "(flattened 96 x 64 windows, float16) in the same "
+                      "format.")
+    flags.DEFINE_integer("embed_batch_size", 512,
+                         "Windows per inference call.", lower_bound=1)
+    flags.DEFINE_integer("num_output_shards", 1,
+                         "Output .npz shards (a segment never spans two).",
+                         lower_bound=1)
+
+
+@_once
+def define_evaluate_flags():
+    """Flags of bin/evaluate."""
+    flags.DEFINE_string("train", None,
+                        "(Required.) Embeddings of the labelled training "
+                        "segments (for the classifiers and few-shot draws): "
+                        "an .npz file, shard glob or directory.")
+    flags.DEFINE_string("eval", None,
+                        "(Required.) Embeddings of the held-out evaluation "
+                        "segments (QbE and classifier scoring).")
+    _define_if_missing(
+        flags.DEFINE_string, "output_dir", None,
+        "(Required.) Directory for results.json, the Markdown table, plots "
+        "and projector files.")
+    flags.DEFINE_string("name", None,
+                        "Name of the representation in the report (default: "
+                        "from the embeddings file).")
+    flags.DEFINE_integer("eval_seed", 0, "Seed of the QbE samples, classifier "
+                         "initialisation and few-shot draws.")
+    flags.DEFINE_integer("qbe_num_pos", 100,
+                         "QbE: segments sampled per class that have it.",
+                         lower_bound=1)
+    flags.DEFINE_integer("qbe_num_neg", 100,
+                         "QbE: segments sampled per class that do not have it.",
+                         lower_bound=1)
+    flags.DEFINE_integer(
+        "qbe_min_count", 0,
+        "QbE: 0 is the paper's exact protocol (a class with fewer than "
+        "--qbe_num_pos positives or --qbe_num_neg negatives is skipped); N > 0 "
+        "keeps a class with at least N of each and uses all it has (small "
+        "corpora).", lower_bound=0)
+    flags.DEFINE_integer("classifier_epochs", 10,
+                         "Training epochs of the 1x512 and 2x512 classifiers.",
+                         lower_bound=1)
+    flags.DEFINE_integer("fewshot_epochs", 30,
+                         "Training epochs of each few-shot classifier.",
+                         lower_bound=1)
+    flags.DEFINE_integer("fewshot_per_class", 20,
+                         "Few-shot: labelled segments per class per draw.",
+                         lower_bound=1)
+    flags.DEFINE_integer("fewshot_draws", 3,
+                         "Few-shot: number of random draws averaged.",
+                         lower_bound=1)
+
+
+def export_args_from_flags():
+    """Keyword arguments of `export.export_run` from the parsed flags."""
+    return {"model_dir": FLAGS.model_dir, "export_dir": FLAGS.export_dir,
+            "overwrite": FLAGS.overwrite}
+
+
+# ------------------------------------------------------- synthetic corpus
+def _define_if_missing(define, name, *args, **kwargs):
+    # --output_dir, --workers and --seed also belong to other binaries' groups;
+    # a process (e.g. a test) may define several groups.
+    if name not in FLAGS:
+        define(name, *args, **kwargs)
+
+
+@_once
+def define_corpus_flags():
+    """Flags of bin/make_corpus."""
+    _define_if_missing(
+        flags.DEFINE_string, "output_dir", None,
+        "Directory to write the corpus to: audio/{train,eval}/*.wav, "
+        "labels.csv, train.csv, eval.csv and corpus.json.")
+    flags.DEFINE_integer("num_train", 240, "Training recordings.",
+                         lower_bound=0)
+    flags.DEFINE_integer("num_eval", 120, "Evaluation recordings.",
+                         lower_bound=0)
+    _define_if_missing(flags.DEFINE_integer, "seed", 0,
+                       "Corpus seed; the same seed writes identical files.",
+                       lower_bound=0)
+    flags.DEFINE_float("duration_s", 10.0, "Length of every recording (s).")
+    flags.DEFINE_integer(
+        "num_classes", 0,
+        "Use only the first N sound classes of the synthetic vocabulary; 0 "
+        "uses all of them.", lower_bound=0)
+    _define_if_missing(flags.DEFINE_integer, "workers", 1,
+                       "Worker processes; 0 uses every core.", lower_bound=0)
+
+
+def corpus_config_from_flags():
+    """Keyword arguments of `synthetic.generate_corpus` from the parsed flags.
+
+    Returns:
+      dict of the validated `synthetic.CorpusConfig` fields.
+
+    Raises:
+      ValueError: on a missing --output_dir or inconsistent values.
+    """
+    # Imported here so that binaries which never build a corpus do not load
+    # NumPy and soundfile just to define their flags.
+    import dataclasses  # pylint: disable=g-import-not-at-top
+    from triplet_audio import synthetic  # pylint: disable=g-import-not-at-top
+    if not FLAGS.output_dir:
+        raise ValueError("--output_dir is required")
+    config = synthetic.CorpusConfig(
+        out_dir=FLAGS.output_dir, num_train=FLAGS.num_train,
+        num_eval=FLAGS.num_eval, seed=FLAGS.seed, duration_s=FLAGS.duration_s,
+        num_classes=FLAGS.num_classes or None, workers=FLAGS.workers)
+    return dataclasses.asdict(config)
+
+
+# --------------------------------------------------------------- samplers
+@_once
+def define_sampler_flags():
+    """Flags of the triplet samplers and the input pipeline (bin/train)."""
+    flags.DEFINE_enum("sampler", None, SAMPLERS,
+                      "Triplet sampler (paper section 3.2): noise, "
+                      "translation, mixing, proximity, supervised (topline) or "
+                      "joint (mixture of the unsupervised ones).")
+    flags.DEFINE_float("noise_sigma", 0.5,
+                       "Gaussian-noise sampler: std of eps in "
+                       "x * (1 + |eps|).", lower_bound=0.0)
+    flags.DEFINE_integer("translation_max_shift", 10,
+                         "Translation sampler: largest frequency shift S in "
+                         "mel bins.", lower_bound=0)
+    flags.DEFINE_float("mixing_alpha", 0.25,
+                       "Mixing sampler: alpha in x_a + alpha * E(x_a) / E(x_n) "
+                       "* x_n.", lower_bound=0.0)
+    flags.DEFINE_float("proximity_dt", float("inf"),
+                       "Proximity sampler: anchor and positive start less than "
+                       "this many seconds apart ('inf': anywhere in the "
+                       "recording).")
+    flags.DEFINE_string("joint_weights",
+                        "noise=1,translation=1,mixing=1,proximity=1",
+                        "Joint sampler: comma-separated sampler=weight; "
+                        "unnamed samplers get 0.")
+    flags.DEFINE_integer("shuffle_buffer", 4096,
+                         "Windows (or window pairs) held by the shuffle "
+                         "buffer; records are shuffled in a buffer of "
+                         "shuffle_buffer / 256.", lower_bound=1)
+    # --seed is shared with bin/make_corpus's group; a process (e.g. a test)
+    # may define both.
+    _define_if_missing(flags.DEFINE_integer, "seed", 0,
+                       "Global seed: data order, sampler randomness and "
+                       "model initialisation.")
+
+
+def sampler_config_from_flags():
+    """Builds the validated `pipeline.SamplerConfig` from the sampler flags.
+
+    Raises:
+      ValueError: naming the flag when a value is missing or invalid.
+    """
+    # Imported here: pipeline imports this module for SAMPLERS.
+    from triplet_audio import pipeline  # pylint: disable=g-import-not-at-top
+    if FLAGS.sampler is None:
+        raise ValueError("--sampler: required (one of %s)" %
+                         ", ".join(SAMPLERS))
+    return pipeline.SamplerConfig(
+        sampler=FLAGS.sampler,
+        noise_sigma=FLAGS.noise_sigma,
+        translation_max_shift=FLAGS.translation_max_shift,
+        mixing_alpha=FLAGS.mixing_alpha,
+        proximity_dt=FLAGS.proximity_dt,
+        joint_weights=pipeline.parse_joint_weights(FLAGS.joint_weights),
+        shuffle_buffer=FLAGS.shuffle_buffer)
+
+
+def extract_config_from_flags():
+    """Builds the validated extraction config from the extract flags.
+
+    Returns:
+      `extract.ExtractConfig`.
+
+    Raises:
+      ValueError: naming the offending flag (config fields are named after
+        the flags).
+    """
+    # Imported here: every binary imports this module, and only extraction
+    # should pay for TensorFlow and the audio libraries.
+    from triplet_audio import extract  # pylint: disable=g-import-not-at-top
+    return extract.ExtractConfig(
+        input=FLAGS.input,
+        output_dir=FLAGS.output_dir,
+        num_shards=FLAGS.num_shards,
+        workers=FLAGS.workers,
+        strict=FLAGS.strict,
+        pad_short=FLAGS.pad_short,
+        extensions=FLAGS.extensions,
+        runner=FLAGS.runner)
+
+
+# ------------------------------------------------------- embed / evaluate
+def embed_args_from_flags():
+    """Keyword arguments of `embed.embed_corpus` from the parsed flags.
+
+    Raises:
+      ValueError: naming the flag when a required one is missing or
+        --saved_model / --representation are both or neither given.
+    """
+    for name in ("input", "output"):
+        if not getattr(FLAGS, name):
+            raise ValueError("--%s is required" % name)
+    if bool(FLAGS.saved_model) == bool(FLAGS.representation):
+        raise ValueError("give exactly one of --saved_model=DIR and "
+                         "--representation=logmel (got %s)" %
+                         ("both" if FLAGS.saved_model else "neither"))
+    return {"input": FLAGS.input, "output": FLAGS.output,
+            "saved_model": FLAGS.saved_model or None,
+            "representation": FLAGS.representation or None,
+            "batch_size": FLAGS.embed_batch_size,
+            "num_output_shards": FLAGS.num_output_shards}
+
+
+def evaluate_args_from_flags():
+    """Keyword arguments of `report.evaluate_to_dir` from the parsed flags.
+
+    Returns:
+      dict with train_path, eval_path, output_dir, name and config (a
+      validated `evaluation.EvaluationConfig`).
+
+    Raises:
+      ValueError: naming the flag when a required one is missing or a value
+        is invalid.
+    """
+    for name in ("train", "eval", "output_dir"):
+        if not getattr(FLAGS, name):
+            raise ValueError("--%s is required" % name)
+    # Imported here: evaluation loads TensorFlow, Keras and scikit-learn,
+    # which --help and flag errors should not wait for.
+    from triplet_audio import evaluation  # pylint: disable=g-import-not-at-top
+    config = evaluation.EvaluationConfig(
+        seed=FLAGS.eval_seed,
+        qbe_num_pos=FLAGS.qbe_num_pos,
+        qbe_num_neg=FLAGS.qbe_num_neg,
+        qbe_min_count=FLAGS.qbe_min_count or None,
+        epochs=FLAGS.classifier_epochs,
+        fewshot_epochs=FLAGS.fewshot_epochs,
+        fewshot_per_class=FLAGS.fewshot_per_class,
+        fewshot_draws=FLAGS.fewshot_draws)
+    return {"train_path": FLAGS.train, "eval_path": FLAGS.eval,
+            "output_dir": FLAGS.output_dir, "name": FLAGS.name,
+            "config": config}

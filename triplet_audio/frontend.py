@@ -16,20 +16,33 @@ Framing rules (documented once, here):
   * Window w of a recording starts at w * 0.96 s.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from triplet_audio import constants as C
 
+_MEL_MATRIX_F64 = None
+
 
 def _mel_matrix(dtype=tf.float32):
-    # linear_to_mel_weight_matrix uses the HTK mel scale (1127 ln(1 + f/700)).
-    return tf.signal.linear_to_mel_weight_matrix(
-        num_mel_bins=C.NUM_MEL_BANDS,
-        num_spectrogram_bins=C.NUM_SPECTROGRAM_BINS,
-        sample_rate=C.SAMPLE_RATE,
-        lower_edge_hertz=C.MEL_LOWER_HZ,
-        upper_edge_hertz=C.MEL_UPPER_HZ,
-        dtype=dtype)
+    # Built once, eagerly and in float64, then used as a constant: built in
+    # float32 inside each graph, the weights came out ~1e-5 different inside
+    # a tf.data function than in eager mode, so the same audio gave slightly
+    # different features depending on where the front end ran.
+    global _MEL_MATRIX_F64
+    if _MEL_MATRIX_F64 is None:
+        with tf.init_scope():
+            # linear_to_mel_weight_matrix uses the HTK mel scale
+            # (1127 ln(1 + f/700)).
+            _MEL_MATRIX_F64 = tf.signal.linear_to_mel_weight_matrix(
+                num_mel_bins=C.NUM_MEL_BANDS,
+                num_spectrogram_bins=C.NUM_SPECTROGRAM_BINS,
+                sample_rate=C.SAMPLE_RATE,
+                lower_edge_hertz=C.MEL_LOWER_HZ,
+                upper_edge_hertz=C.MEL_UPPER_HZ,
+                dtype=tf.float64).numpy()
+    dtype = tf.as_dtype(dtype)
+    return tf.constant(_MEL_MATRIX_F64.astype(dtype.as_numpy_dtype), dtype)
 
 
 def waveform_to_logmel(waveform):

@@ -12,7 +12,7 @@ Trunks (pick with `build_model(name=...)`):
     with one input channel, except: no conv biases (BN follows each conv),
     stride in the 3x3 conv of a block (v1.5) and seeded He initialisation.
   * "resnet18": a basic-block ResNet-18 ([2, 2, 2, 2], widths 64..512): about
-    half the parameters and a fifth of the FLOPs of ResNet-50.
+    half the parameters and under half the FLOPs of ResNet-50.
   * "small": four conv-BN-ReLU-max-pool blocks (32..256 channels, ~0.4 M
     parameters), for CPU runs, tests and the demo.
 
@@ -26,12 +26,15 @@ seed derived from it, so two builds with the same seed hold identical weights
 without touching any global random state.
 """
 
+import math
+import numbers
+
 import keras
 from absl import logging
 
 from triplet_audio import constants as C
 
-MODEL_NAMES = ("resnet50", "resnet18", "small")
+MODEL_NAMES = C.MODEL_NAMES
 """Valid `name`s of `build_model`, the paper's network first."""
 
 INPUT_NAME = "logmel"
@@ -138,7 +141,7 @@ def _shortcut(x, filters, strides, name, seeds):
 
 
 def _bottleneck_block(x, width, strides, name, seeds):
-    """ResNet v1.5 bottleneck: 1x1 (width) -> 3x3 (width, strided) -> 1x1 (4 width)."""
+    """ResNet v1.5 bottleneck: 1x1 -> 3x3 (strided) -> 1x1 (4x width) + skip."""
     shortcut = _shortcut(x, 4 * width, strides, name, seeds)
     y = _relu(_bn(_conv(x, width, 1, 1, name + "_1_conv", seeds),
                   name + "_1_bn"), name + "_1_relu")
@@ -215,24 +218,28 @@ def build_model(name="resnet50", embedding_size=128, l2_normalize=True,
             or embedding_size < 1):
         raise ValueError(
             f"embedding_size must be an integer >= 1, got {embedding_size!r}")
-    if seed is not None and (isinstance(seed, bool) or
-                             not isinstance(seed, int)):
-        raise ValueError(f"seed must be None or an integer, got {seed!r}")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise ValueError(f"seed must be None or an integer, got {seed!r}")
+        # Keras initialisers accept only a Python int (not e.g. np.int64).
+        seed = int(seed)
     seeds = _SeedSequence(seed)
 
     inputs = keras.Input(shape=C.WINDOW_SHAPE, dtype="float32",
                          name=INPUT_NAME)
-    # Float32 up to the normalisation: log-mel values span about -4.6 (silence,
-    # log 0.01) to +5, and centering them after rounding to bfloat16 (8-bit
-    # mantissa) would throw away most of the resolution of quiet bins.
+    # Float32 up to and through the input normalisation: rounding raw log-mel
+    # (|x| up to ~5) to bfloat16 before centering would quantise it in steps
+    # of 0.03 (3% in energy); the two layers cost nothing.
     x = keras.layers.Reshape(C.WINDOW_SHAPE + (1,), dtype="float32",
                              name="add_channel")(inputs)
     # Learned input normalisation: one BatchNormalization over the single
     # channel standardises the log-mel level (mean -1.9, std 1.6 on the FSDD
     # speech recordings; both move with recording gain and content) without
-    # hard-coding corpus statistics. Being one scalar shift/scale it keeps the spectral shape,
-    # and it ships inside the model, so export and serving need no separate
-    # normalisation step.
+    # hard-coding corpus statistics. Being one scalar shift and scale, it
+    # keeps the spectral shape, and it ships inside the model, so export and
+    # serving need no separate normalisation step. Its moving statistics, like
+    # those of every BN in the trunk, are only meaningful after some hundred
+    # training steps (momentum 0.99).
     x = keras.layers.BatchNormalization(epsilon=_BN_EPSILON, dtype="float32",
                                         name="input_bn")(x)
     if name == "resnet50":
@@ -242,9 +249,8 @@ def build_model(name="resnet50", embedding_size=128, l2_normalize=True,
     else:
         x = _small_trunk(x, seeds)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    # float32 head: the embedding and its normalisation are what the loss
-    # compares; in bfloat16 a squared distance near the margin would carry
-    # ~1% error.
+    # float32 head: the loss takes differences of squared distances between
+    # embeddings, where cancellation would amplify bfloat16's 0.4% rounding.
     x = keras.layers.Dense(
         embedding_size, dtype="float32",
         kernel_initializer=keras.initializers.GlorotUniform(seed=seeds()),
@@ -271,7 +277,7 @@ def model_summary_dict(model):
       "resnet50"), "params" (all weights, including BN moving statistics),
       "trainable_params" and "embedding_size".
     """
-    trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
+    trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
     return {
         "name": model.name,
         "params": int(model.count_params()),

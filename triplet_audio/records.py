@@ -51,6 +51,7 @@ SOURCE_PATH = "source_path"
 SHARD_SUFFIX = ".tfrecord"
 MANIFEST_NAME = "manifest.json"
 TEMP_SUFFIX = ".incomplete"
+SUMMARY_SUFFIX = ".json"
 
 _FEATURES = {
     LOGMEL: tf.io.FixedLenFeature([], tf.string),
@@ -222,8 +223,10 @@ def list_shards(file_pattern):
             continue
         if os.path.isdir(pattern):
             pattern = os.path.join(pattern, "*" + SHARD_SUFFIX)
+        # The shard summaries and the manifest sit beside the shards, so a
+        # natural glob such as "corpus/shard-*" matches them too.
         paths.extend(p for p in glob.glob(pattern)
-                     if not p.endswith(TEMP_SUFFIX))
+                     if not p.endswith((TEMP_SUFFIX, SUMMARY_SUFFIX)))
     paths = sorted(set(paths))
     if not paths:
         raise FileNotFoundError("no TFRecord shards match %r" % file_pattern)
@@ -241,8 +244,11 @@ def read_records(file_pattern, skip_corrupt=False, check_framing=True,
     Args:
       file_pattern: corpus directory, glob or comma-separated globs.
       skip_corrupt: if True, a corrupt shard (truncated framing) is left out
-        and a corrupt record is skipped, each with a logged warning; if False
-        (default) either raises an error naming the shard.
+        and a corrupt record (bad checksum) ends its shard there, each with a
+        logged warning: tf.data cannot resume a shard after a bad record, so
+        the records after it in that shard are lost. If False (default), a
+        truncated shard raises CorruptShardError naming it and a corrupt
+        record raises tf.errors.DataLossError during iteration.
       check_framing: scan each shard's record headers up front (cheap) so a
         truncated shard is named before training starts.
       num_parallel_reads: shards read at once (default AUTOTUNE).
@@ -322,6 +328,7 @@ def load_manifest(corpus_dir):
 
     Raises:
       FileNotFoundError: naming the directory if it has no manifest.
+      ValueError: naming the manifest if it is not valid JSON.
     """
     corpus_dir = str(corpus_dir)
     if corpus_dir.endswith(MANIFEST_NAME):
@@ -333,4 +340,7 @@ def load_manifest(corpus_dir):
     if not os.path.exists(path):
         raise FileNotFoundError("no %s in %s" % (MANIFEST_NAME, corpus_dir))
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError("%s is not valid JSON: %s" % (path, e)) from e

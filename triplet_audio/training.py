@@ -395,7 +395,7 @@ def train(config):
                     "step %d/%d  loss %.4f  active %.2f  d+ %.3f  d- %.3f  "
                     "lr %.2e  %.1f steps/s  %.0f windows/s  eta %s",
                     step, config.steps, metrics["loss"],
-                    metrics.get("active_fraction", float("nan")),
+                    metrics.get("fraction_active", float("nan")),
                     metrics.get("mean_positive_distance", float("nan")),
                     metrics.get("mean_negative_distance", float("nan")),
                     lr, steps_per_s, windows_per_s, _fmt_eta(eta))
@@ -455,8 +455,8 @@ def _make_train_step(config, strategy, model, optimizer, step_var, bad_step):
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         out = {"loss": loss}
-        for key in ("active_fraction", "mean_positive_distance",
-                    "mean_negative_distance"):
+        for key in ("fraction_active", "fraction_semi_hard",
+                    "mean_positive_distance", "mean_negative_distance"):
             if key in stats:
                 out[key] = tf.cast(stats[key], tf.float32)
         return out

@@ -1,0 +1,368 @@
+"""Tests of triplet_audio.synthetic, the embedded labelled corpus."""
+
+import csv
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits  # A scikit-learn dependency.
+
+from triplet_audio import constants as C
+from triplet_audio import synthetic
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEED = 3
+NUM_TRAIN = 28  # Two recordings per class as first class: every class shows.
+NUM_EVAL = 14
+DURATION_S = 2.0
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    # These small matrix products and fits are slowed several-fold, not sped
+    # up, by BLAS threads competing for a few shared cores.
+    with threadpool_limits(limits=1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    summary = synthetic.generate_corpus(str(out), NUM_TRAIN, NUM_EVAL,
+                                        seed=SEED, duration_s=DURATION_S)
+    return str(out), summary
+
+
+def _read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == ["path", "labels", "split"]
+        return list(reader)
+
+
+def _tree_digests(root):
+    digests = {}
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                digests[os.path.relpath(path, root)] = hashlib.sha256(
+                    f.read()).hexdigest()
+    return digests
+
+
+# ------------------------------------------------------------ corpus files
+
+
+def test_counts_durations_format_and_labels(corpus):
+    out, summary = corpus
+    rows = _read_csv(os.path.join(out, "labels.csv"))
+    train = _read_csv(os.path.join(out, "train.csv"))
+    eval_ = _read_csv(os.path.join(out, "eval.csv"))
+    assert len(train) == NUM_TRAIN and len(eval_) == NUM_EVAL
+    assert rows == train + eval_
+    assert {r["split"] for r in train} == {"train"}
+    assert {r["split"] for r in eval_} == {"eval"}
+    assert len({r["path"] for r in rows}) == len(rows)
+    for row in rows:
+        labels = row["labels"].split(";")
+        assert 1 <= len(labels) <= synthetic.MAX_CLASSES_PER_RECORDING
+        assert len(set(labels)) == len(labels)
+        assert set(labels) <= set(synthetic.CLASS_NAMES)
+        info = sf.info(os.path.join(out, row["path"]))
+        assert info.samplerate == C.SAMPLE_RATE
+        assert info.channels == 1
+        assert info.subtype == "PCM_16"
+        assert info.frames == round(DURATION_S * C.SAMPLE_RATE)
+    assert summary["classes"] == list(synthetic.CLASS_NAMES)
+    for split, split_rows in (("train", train), ("eval", eval_)):
+        for name, count in summary["class_counts"][split].items():
+            assert count == sum(name in r["labels"].split(";")
+                                for r in split_rows)
+
+
+def test_every_class_in_train_and_eval(corpus):
+    out, _ = corpus
+    for split in synthetic.SPLITS:
+        present = set()
+        for row in _read_csv(os.path.join(out, f"{split}.csv")):
+            present.update(row["labels"].split(";"))
+        assert present == set(synthetic.CLASS_NAMES), split
+
+
+def test_recordings_are_not_silent_and_not_clipped(corpus):
+    out, _ = corpus
+    for row in _read_csv(os.path.join(out, "labels.csv"))[:6]:
+        pcm, _ = sf.read(os.path.join(out, row["path"]), dtype="int16")
+        peak = np.abs(pcm.astype(np.int32)).max()
+        assert 100 < peak <= 0.98 * 32767 + 1
+
+
+def test_train_and_eval_disjoint(corpus):
+    out, _ = corpus
+    digests = {}
+    for split in synthetic.SPLITS:
+        digests[split] = set()
+        for row in _read_csv(os.path.join(out, f"{split}.csv")):
+            pcm, _ = sf.read(os.path.join(out, row["path"]), dtype="int16")
+            digests[split].add(hashlib.sha256(pcm.tobytes()).hexdigest())
+    assert len(digests["train"]) == NUM_TRAIN
+    assert len(digests["eval"]) == NUM_EVAL
+    assert not digests["train"] & digests["eval"]
+
+
+def test_same_seed_same_bytes_with_parallel_workers(corpus, tmp_path):
+    out, _ = corpus
+    again = tmp_path / "again"
+    synthetic.generate_corpus(str(again), NUM_TRAIN, NUM_EVAL, seed=SEED,
+                              duration_s=DURATION_S, workers=2)
+    first, second = _tree_digests(out), _tree_digests(str(again))
+    assert len(first) == NUM_TRAIN + NUM_EVAL + 4  # + 3 CSVs + corpus.json.
+    assert first == second
+
+
+def test_different_seed_differs(corpus, tmp_path):
+    out, _ = corpus
+    other = tmp_path / "other"
+    synthetic.generate_corpus(str(other), 2, 1, seed=SEED + 1,
+                              duration_s=DURATION_S)
+    for rel in ("audio/train/train_00000.wav", "audio/train/train_00001.wav",
+                "audio/eval/eval_00000.wav"):
+        with open(os.path.join(out, rel), "rb") as f:
+            ours = f.read()
+        with open(os.path.join(str(other), rel), "rb") as f:
+            theirs = f.read()
+        assert ours != theirs, rel
+
+
+def test_one_recording_regenerated_alone(corpus):
+    out, _ = corpus
+    rows = {r["path"]: r for r in _read_csv(os.path.join(out, "labels.csv"))}
+    for split, index in (("train", 17), ("eval", 5)):
+        rel = f"audio/{split}/{split}_{index:05d}.wav"
+        pcm, labels = synthetic.corpus_recording(SEED, split, index,
+                                                 DURATION_S)
+        written, _ = sf.read(os.path.join(out, rel), dtype="int16")
+        np.testing.assert_array_equal(pcm, written)
+        assert ";".join(labels) == rows[rel]["labels"]
+
+
+def test_default_duration_and_exact_sample_counts():
+    pcm, labels = synthetic.corpus_recording(0, "train", 0)
+    assert pcm.dtype == np.int16
+    assert pcm.shape == (round(synthetic.DEFAULT_DURATION_S * C.SAMPLE_RATE),)
+    assert 1 <= len(labels) <= 3
+    waveform, _ = synthetic.synthesize_recording(
+        np.random.default_rng(0), 1.2345, classes=["siren"])
+    assert waveform.shape == (19752,)  # round(1.2345 * 16000).
+
+
+def test_num_classes_restricts_vocabulary():
+    vocabulary = synthetic.vocabulary_for(4)
+    assert vocabulary == synthetic.CLASS_NAMES[:4]
+    seen = set()
+    for index in range(8):
+        _, labels = synthetic.corpus_recording(1, "train", index, 1.0,
+                                               num_classes=4)
+        assert set(labels) <= set(vocabulary)
+        seen.update(labels)
+    assert seen == set(vocabulary)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"num_classes": 0}, {"num_classes": len(synthetic.CLASS_NAMES) + 1},
+    {"seed": -1}, {"duration_s": 0.0}, {"num_train": -1},
+    {"num_train": 0, "num_eval": 0}, {"workers": -1}])
+def test_generate_corpus_rejects_bad_arguments(kwargs, tmp_path):
+    args = {"out_dir": str(tmp_path / "c"), "num_train": 1, "num_eval": 1}
+    args.update(kwargs)
+    with pytest.raises(ValueError):
+        synthetic.generate_corpus(**args)
+    assert not os.path.exists(args["out_dir"])
+
+
+# ------------------------------------------------------------ events
+
+
+def _centroid_hz(x):
+    power = np.abs(np.fft.rfft(x)) ** 2
+    freqs = np.fft.rfftfreq(len(x), 1.0 / C.SAMPLE_RATE)
+    return float((power * freqs).sum() / power.sum())
+
+
+@pytest.mark.parametrize("name", synthetic.CLASS_NAMES)
+def test_event_is_unit_rms_and_varies_between_draws(name):
+    events = [synthetic.synthesize_event(name, np.random.default_rng([9, i]))
+              for i in range(6)]
+    centroids, lengths = [], set()
+    for event in events:
+        assert event.dtype == np.float32 and event.ndim == 1
+        assert np.all(np.isfinite(event))
+        assert C.SAMPLE_RATE * 0.05 < len(event) < C.SAMPLE_RATE * 5
+        np.testing.assert_allclose(np.sqrt(np.mean(np.square(event))), 1.0,
+                                   rtol=1e-3)
+        centroids.append(_centroid_hz(event.astype(np.float64)))
+        lengths.add(len(event))
+    # A class is a distribution, not one sound: spectra and lengths move.
+    assert max(centroids) / min(centroids) > 1.1
+    assert len(lengths) > 1
+
+
+def test_event_same_rng_state_same_event():
+    a = synthetic.synthesize_event("speech_like", np.random.default_rng(4))
+    b = synthetic.synthesize_event("speech_like", np.random.default_rng(4))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_unknown_class_rejected():
+    with pytest.raises(ValueError):
+        synthetic.synthesize_event("cat", np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        synthetic.synthesize_recording(np.random.default_rng(0), 1.0,
+                                       classes=["cat"])
+
+
+def test_enough_distinct_classes_with_snake_case_names():
+    assert len(synthetic.CLASS_NAMES) >= 12
+    assert len(set(synthetic.CLASS_NAMES)) == len(synthetic.CLASS_NAMES)
+    for name in synthetic.CLASS_NAMES:
+        assert name.replace("_", "").isalpha() and name == name.lower()
+
+
+# ------------------------------------------------------------ separability
+
+
+def _mel_matrix():
+    # HTK mel triangles, as the TF front end builds them (no TF needed here).
+    def hz_to_mel(f):
+        return 1127.0 * np.log1p(np.asarray(f) / 700.0)
+    freqs = np.fft.rfftfreq(C.FFT_LENGTH, 1.0 / C.SAMPLE_RATE)
+    edges = np.linspace(hz_to_mel(C.MEL_LOWER_HZ), hz_to_mel(C.MEL_UPPER_HZ),
+                        C.NUM_MEL_BANDS + 2)
+    mel = hz_to_mel(freqs)[:, None]
+    lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
+    return np.maximum(0.0, np.minimum((mel - lower) / (centre - lower),
+                                      (upper - mel) / (upper - centre)))
+
+
+_MEL = _mel_matrix()
+_HANN = 0.5 - 0.5 * np.cos(
+    2.0 * np.pi * np.arange(C.STFT_WINDOW_SAMPLES) / C.STFT_WINDOW_SAMPLES)
+
+
+def _logmel(x):
+    frames = np.lib.stride_tricks.sliding_window_view(
+        x, C.STFT_WINDOW_SAMPLES)[::C.STFT_HOP_SAMPLES]
+    magnitude = np.abs(np.fft.rfft(frames * _HANN, C.FFT_LENGTH, axis=1))
+    return np.log(magnitude @ _MEL + C.LOG_OFFSET)
+
+
+def _clip_features(x):
+    logmel = _logmel(x)
+    flux = np.abs(np.diff(logmel, axis=0))
+    return np.concatenate([logmel.mean(0), logmel.std(0), flux.mean(0),
+                           logmel.max(0)])
+
+
+def _accuracy(features, labels, held_out):
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    model.fit(features[~held_out], labels[~held_out])
+    return model.score(features[held_out], labels[held_out])
+
+
+def test_classes_separable_by_logmel():
+    clip = C.SAMPLE_RATE  # 1 s clips, each with one event.
+    features, labels = [], []
+    for c, name in enumerate(synthetic.CLASS_NAMES):
+        for i in range(36):
+            rng = np.random.default_rng([11, c, i])
+            event = synthetic.synthesize_event(name, rng).astype(np.float64)
+            x = rng.standard_normal(clip) * 1e-3  # A floor, so log is finite.
+            start = rng.integers(0, max(1, clip - len(event)))
+            piece = event[:clip - start]
+            x[start:start + len(piece)] += piece
+            features.append(_clip_features(x))
+            labels.append(c)
+    labels = np.array(labels)
+    held_out = np.arange(len(labels)) % 3 == 0
+    assert _accuracy(np.array(features), labels, held_out) > 0.8
+
+
+def test_classes_not_separable_by_energy_alone():
+    features, labels = [], []
+    for c, name in enumerate(synthetic.CLASS_NAMES):
+        for i in range(24):
+            waveform, present = synthetic.synthesize_recording(
+                np.random.default_rng([12, c, i]), 2.0, classes=[name])
+            assert present == (name,)
+            energy = np.mean(np.square(waveform.astype(np.float64)))
+            features.append([np.log(energy)])
+            labels.append(c)
+    labels = np.array(labels)
+    held_out = np.arange(len(labels)) % 3 == 0
+    assert _accuracy(np.array(features), labels, held_out) < 0.5
+
+
+# ------------------------------------------------------------ binary
+
+
+def _run_make_corpus(*args):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(
+        [sys.executable, os.path.join("bin", "make_corpus"), *args],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        check=False)
+
+
+def test_make_corpus_binary(tmp_path):
+    out = tmp_path / "bin_corpus"
+    result = _run_make_corpus(f"--output_dir={out}", "--num_train=2",
+                              "--num_eval=1", "--duration_s=1", "--seed=5")
+    assert result.returncode == 0, result.stderr
+    rows = _read_csv(out / "labels.csv")
+    assert [r["split"] for r in rows] == ["train", "train", "eval"]
+    pcm, labels = synthetic.corpus_recording(5, "eval", 0, 1.0)
+    written, _ = sf.read(out / rows[2]["path"], dtype="int16")
+    np.testing.assert_array_equal(pcm, written)
+    assert rows[2]["labels"] == ";".join(labels)
+
+
+@pytest.mark.parametrize("args", [
+    (), ("--output_dir={out}", "--duration_s=-1"),
+    ("--output_dir={out}", "--num_classes=99")])
+def test_make_corpus_bad_flags_exit_nonzero_with_one_line(args, tmp_path):
+    out = tmp_path / "never"
+    result = _run_make_corpus(*(a.format(out=out) for a in args))
+    assert result.returncode != 0
+    assert not out.exists()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("make_corpus: "), lines
+
+
+def test_make_corpus_help_lists_every_flag():
+    result = _run_make_corpus("--help")  # absl exits 1 after --help.
+    for flag in ("output_dir", "num_train", "num_eval", "seed", "duration_s",
+                 "num_classes", "workers"):
+        assert f"--{flag}:" in result.stdout, flag
+
+
+def test_corpus_flags_coexist_with_extract_flags():
+    # A process may define several binaries' groups; shared names (such as
+    # --output_dir and --workers) must be defined once, not fail.
+    code = ("from triplet_audio import flagdefs as f; "
+            "f.define_extract_flags(); f.define_corpus_flags(); "
+            "f.FLAGS(['x', '--output_dir=d', '--num_train=3']); "
+            "print(f.corpus_config_from_flags())")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert "'num_train': 3" in result.stdout
+    assert "'out_dir': 'd'" in result.stdout
