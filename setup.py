@@ -40,6 +40,7 @@ setup(
         "soundfile>=0.12.1,<0.15",
         "soxr>=0.5,<2",
         "matplotlib>=3.8,<4",
+        "tensorboard>=2.20,<2.22",
     ],
     extras_require={
         "test": ["pytest>=8,<10"],

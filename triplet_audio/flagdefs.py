@@ -40,9 +40,9 @@ def define_extract_flags():
     # process (e.g. a test) may define several groups.
     _define_if_missing(
         flags.DEFINE_string, "input", None,
-        "Audio to extract: a directory (searched recursively), a glob, or a CSV "
-        "with columns path,labels[,split] (labels ';'-separated class names; "
-        "relative paths are relative to the CSV).")
+        "Audio to extract: a directory (searched recursively), a glob, or a "
+        "CSV with columns path,labels[,split] (labels ';'-separated class "
+        "names; relative paths are relative to the CSV).")
     _define_if_missing(
         flags.DEFINE_string, "output_dir", None,
         "Corpus directory to write shards and manifest.json to.")
@@ -153,9 +153,10 @@ def define_embed_flags():
         "manifest.json, a shard glob or comma-separated globs) or audio files "
         "(a directory searched recursively, a glob, or a CSV with columns "
         "path,labels[,split]).")
-    flags.DEFINE_string("output", None,
-                        "(Required.) Output .npz path (sharded as "
-                        "NAME-0000i-of-0000n.npz with --num_output_shards > 1).")
+    flags.DEFINE_string(
+        "output", None,
+        "(Required.) Output .npz path (sharded as NAME-0000i-of-0000n.npz with "
+        "--num_output_shards > 1).")
     flags.DEFINE_string("saved_model", None,
                         "Export directory written by bin/export. Exactly one "
                         "of --saved_model and --representation.")
@@ -278,31 +279,40 @@ def corpus_config_from_flags():
 @_once
 def define_sampler_flags():
     """Flags of the triplet samplers and the input pipeline (bin/train)."""
+    # Defaults come from the config dataclass, their one home. Imported here:
+    # pipeline imports this module for SAMPLERS.
+    import dataclasses  # pylint: disable=g-import-not-at-top
+    from triplet_audio import pipeline  # pylint: disable=g-import-not-at-top
+    default = {f.name: f.default
+               for f in dataclasses.fields(pipeline.SamplerConfig)}
+    joint = ",".join("%s=%g" % kv
+                     for kv in pipeline.SamplerConfig(
+                         sampler="joint").joint_weights.items())
     flags.DEFINE_enum("sampler", None, SAMPLERS,
                       "Triplet sampler (paper section 3.2): noise, "
                       "translation, mixing, proximity, supervised (topline) or "
                       "joint (mixture of the unsupervised ones).")
-    flags.DEFINE_float("noise_sigma", 0.5,
+    flags.DEFINE_float("noise_sigma", default["noise_sigma"],
                        "Gaussian-noise sampler: std of eps in "
                        "x * (1 + |eps|).", lower_bound=0.0)
-    flags.DEFINE_integer("translation_max_shift", 10,
+    flags.DEFINE_integer("translation_max_shift",
+                         default["translation_max_shift"],
                          "Translation sampler: largest frequency shift S in "
                          "mel bins.", lower_bound=0)
-    flags.DEFINE_float("mixing_alpha", 0.25,
+    flags.DEFINE_float("mixing_alpha", default["mixing_alpha"],
                        "Mixing sampler: alpha in x_a + alpha * E(x_a) / E(x_n) "
                        "* x_n.", lower_bound=0.0)
-    flags.DEFINE_float("proximity_dt", float("inf"),
+    flags.DEFINE_float("proximity_dt", default["proximity_dt"],
                        "Proximity sampler: anchor and positive start less than "
                        "this many seconds apart ('inf': anywhere in the "
                        "recording).")
-    flags.DEFINE_string("joint_weights",
-                        "noise=1,translation=1,mixing=1,proximity=1",
+    flags.DEFINE_string("joint_weights", joint,
                         "Joint sampler: comma-separated sampler=weight; "
                         "unnamed samplers get 0.")
-    flags.DEFINE_integer("shuffle_buffer", 4096,
-                         "Windows (or window pairs) held by the shuffle "
+    flags.DEFINE_integer("shuffle_buffer", default["shuffle_buffer"],
+                         "Windows (or proximity pairs) held by the shuffle "
                          "buffer; records are shuffled in a buffer of "
-                         "shuffle_buffer / 256.", lower_bound=1)
+                         "shuffle_buffer / 32.", lower_bound=1)
     # --seed is shared with bin/make_corpus's group; a process (e.g. a test)
     # may define both.
     _define_if_missing(flags.DEFINE_integer, "seed", 0,
@@ -406,3 +416,40 @@ def evaluate_args_from_flags():
     return {"train_path": FLAGS.train, "eval_path": FLAGS.eval,
             "output_dir": FLAGS.output_dir, "name": FLAGS.name,
             "config": config}
+
+
+def train_config_from_flags():
+    """Builds the validated `training.TrainConfig` from the parsed flags.
+
+    Raises:
+      ValueError: naming the flag when a value is missing or invalid.
+    """
+    from triplet_audio import training  # pylint: disable=g-import-not-at-top
+    for name in ("train_data", "model_dir"):
+        if not getattr(FLAGS, name):
+            raise ValueError("--%s: required" % name)
+    config = training.TrainConfig(
+        train_data=FLAGS.train_data,
+        model_dir=FLAGS.model_dir,
+        sampler=sampler_config_from_flags(),
+        model=FLAGS.model,
+        embedding_size=FLAGS.embedding_size,
+        batch_size=FLAGS.batch_size,
+        margin=FLAGS.margin,
+        distance=FLAGS.distance,
+        optimizer=FLAGS.optimizer,
+        learning_rate=FLAGS.learning_rate,
+        lr_schedule=FLAGS.lr_schedule,
+        warmup_steps=FLAGS.warmup_steps,
+        weight_decay=FLAGS.weight_decay,
+        steps=FLAGS.steps,
+        checkpoint_every=FLAGS.checkpoint_every,
+        keep_checkpoints=FLAGS.keep_checkpoints,
+        log_every=FLAGS.log_every,
+        mixed_precision=FLAGS.mixed_precision,
+        jit_compile=FLAGS.jit_compile,
+        strategy=FLAGS.strategy,
+        tpu=FLAGS.tpu,
+        seed=FLAGS.seed,
+        skip_corrupt=FLAGS.skip_corrupt)
+    return config.validate()
