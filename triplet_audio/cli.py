@@ -5,9 +5,14 @@ library, and turns the errors a user can fix (bad flags, unusable input) into
 a one-line message and a non-zero exit status instead of a traceback.
 """
 
+import os
 import sys
 
 from absl import logging
+
+# Binaries import this module before TensorFlow: hide TF's C++ INFO start-up
+# lines (oneDNN, CUDA probing) unless the user asked for them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from triplet_audio import flagdefs
 

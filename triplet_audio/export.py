@@ -37,6 +37,10 @@ METADATA_NAME = "metadata.json"
 KERAS_NAME = "model.keras"
 SAVED_MODEL_SUBDIR = "saved_model"
 
+SERVING_BATCH_WINDOWS = 256
+"""Windows per model call inside the signatures: longer inputs are embedded
+batch by batch, so memory does not grow with the clip length."""
+
 
 class EmbeddingModule(tf.Module):
     """The exported object: a Keras embedding model plus the front end."""
@@ -75,9 +79,11 @@ class EmbeddingModule(tf.Module):
         logmel = tf.ensure_shape(logmel, [None] + list(C.WINDOW_SHAPE))
         return {"embeddings": self._embed(logmel)}
 
+    # Named after its signature: TF names the function in the error a
+    # wrong-dtype request gets, so the caller sees which signature refused.
     @tf.function(input_signature=[
         tf.TensorSpec(None, tf.float32, name="waveform")])
-    def serve_waveform(self, waveform):
+    def serving_default(self, waveform):
         """16 kHz mono waveform [N] -> window and clip embeddings."""
         with tf.control_dependencies([tf.debugging.assert_equal(
                 tf.rank(waveform), 1,
@@ -107,8 +113,21 @@ class EmbeddingModule(tf.Module):
     def _embed(self, logmel):
         # Batches the windows so an hour of audio does not become one giant
         # convolution call on the accelerator.
-        out = self.model(logmel, training=False)
-        return tf.cast(out, tf.float32)
+        num = tf.shape(logmel)[0]
+        num_batches = (num + SERVING_BATCH_WINDOWS - 1) // SERVING_BATCH_WINDOWS
+        outputs = tf.TensorArray(
+            tf.float32, size=num_batches, infer_shape=False,
+            element_shape=tf.TensorShape([None, self.embedding_size]))
+
+        def body(i, outputs):
+            batch = logmel[i * SERVING_BATCH_WINDOWS:
+                           (i + 1) * SERVING_BATCH_WINDOWS]
+            out = tf.cast(self.model(batch, training=False), tf.float32)
+            return i + 1, outputs.write(i, out)
+
+        _, outputs = tf.while_loop(lambda i, _: i < num_batches, body,
+                                   (tf.constant(0), outputs))
+        return tf.ensure_shape(outputs.concat(), [None, self.embedding_size])
 
 
 def export_saved_model(model, export_dir, training_config=None,
@@ -147,7 +166,7 @@ def export_saved_model(model, export_dir, training_config=None,
     tf.saved_model.save(
         module, tmp_dir,
         signatures={
-            "serving_default": module.serve_waveform,
+            "serving_default": module.serving_default,
             "embed_logmel": module.embed_logmel,
         })
     os.replace(tmp_dir, saved_dir)

@@ -1,0 +1,532 @@
+"""Embedding a corpus: TFRecords or audio files -> an `embeddings_io` file.
+
+The library behind bin/embed. `embed_corpus` reads either
+
+  * a TFRecord corpus written by bin/extract_features (a corpus directory
+    holding manifest.json, a directory of shards, a shard glob or
+    comma-separated globs), or
+  * audio files (a directory searched recursively, a glob, or a CSV
+    `path,labels[,split]`, listed by `extract.discover_inputs`), read with
+    `audio_io.load_audio` and cut into windows by the front end,
+
+and writes one row per 0.96 s window, grouped into segments (segment =
+recording), with multi-hot labels and split names, through
+`embeddings_io.write_embeddings`, so `bin/evaluate` reads every
+representation alike.
+
+Representations:
+
+  * `saved_model=EXPORT_DIR`: the `embed_logmel` signature of a SavedModel
+    written by bin/export (loaded with plain `tf.saved_model.load`); the
+    representation is named after the export's metadata.json, e.g.
+    "proximity-resnet50". Audio input goes through this package's front end,
+    the same code the SavedModel's `serving_default` carries in its graph.
+  * `representation="logmel"`: the log-mel baseline, each 96 x 64 window
+    flattened to 6,144 values and stored as float16. float16 halves the file
+    (an AudioSet-sized baseline is otherwise ~25 KB a window); its relative
+    rounding of 5e-4 is far below the spread of log-mel values (std ~1.6)
+    that the evaluation's cosine similarities and standardised classifiers
+    see.
+
+Clips shorter than one window are zero-padded to one window, as in
+`serving_default`. Unusable audio files are logged and listed in the
+output's metadata; the rest are embedded.
+"""
+
+import collections
+import glob
+import os
+import time
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from triplet_audio import constants as C
+from triplet_audio import embeddings_io
+from triplet_audio import frontend
+from triplet_audio import records
+
+LOGMEL = "logmel"
+REPRESENTATIONS = (LOGMEL,)
+"""Values of `representation` that need no model."""
+
+INPUT_TFRECORD = "tfrecord"
+INPUT_AUDIO = "audio"
+
+PROGRESS_SECONDS = 10.0
+"""How often progress is logged."""
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+class EmbedError(ValueError):
+    """Settings or input `embed_corpus` cannot use; names the argument."""
+
+
+# ------------------------------------------------------------ embedders ---
+
+
+class _LogmelEmbedder:
+    """The baseline: flattened windows as float16 (see the module docstring)."""
+
+    def __init__(self):
+        self.representation = LOGMEL
+        self.embedding_size = C.WINDOW_FRAMES * C.NUM_MEL_BANDS
+        self.metadata = {}
+
+    def __call__(self, windows):
+        return windows.reshape(windows.shape[0], -1).astype(np.float16)
+
+
+class _SavedModelEmbedder:
+    """The `embed_logmel` signature of an exported SavedModel."""
+
+    def __init__(self, export_dir):
+        from triplet_audio import export  # pylint: disable=g-import-not-at-top
+        if not os.path.isdir(export_dir):
+            raise FileNotFoundError("saved_model: %s is not a directory" %
+                                    export_dir)
+        path = export.saved_model_path(export_dir)
+        # Accept the inner SavedModel directory too: its metadata.json is in
+        # the export directory above it.
+        meta_dir = export_dir if path != export_dir else os.path.dirname(
+            os.path.abspath(export_dir))
+        try:
+            meta = export.load_metadata(meta_dir)
+        except FileNotFoundError:
+            logging.warning("%s has no %s; naming the representation "
+                            "'saved_model'", export_dir, export.METADATA_NAME)
+            meta = {}
+        loaded = tf.saved_model.load(path)
+        if "embed_logmel" not in loaded.signatures:
+            raise EmbedError("saved_model: %s has no embed_logmel signature "
+                             "(signatures: %s)" %
+                             (path, ", ".join(loaded.signatures)))
+        # Keep the loaded object alive: the signature only holds weak
+        # references to its variables.
+        self._loaded = loaded
+        self._fn = loaded.signatures["embed_logmel"]
+        self.representation = _representation_name(meta)
+        self.embedding_size = meta.get("embedding_size")
+        self.metadata = {
+            "saved_model": os.path.abspath(path),
+            "export": {k: meta.get(k) for k in (
+                "version", "model", "step", "embedding_size",
+                "tensorflow_version")},
+        }
+
+    def __call__(self, windows):
+        out = self._fn(logmel=tf.constant(windows, tf.float32))
+        out = out["embeddings"].numpy()
+        if self.embedding_size is None:
+            self.embedding_size = int(out.shape[1])
+        elif out.shape[1] != self.embedding_size:
+            raise EmbedError(
+                "saved_model: embed_logmel returned D=%d but metadata.json "
+                "says embedding_size=%d" % (out.shape[1], self.embedding_size))
+        return out
+
+
+def _representation_name(meta):
+    """e.g. "proximity-resnet50" from an export's metadata.json."""
+    model = (meta.get("model") or {}).get("name") or "saved_model"
+    sampler = (meta.get("training_config") or {}).get("sampler")
+    if isinstance(sampler, dict):
+        sampler = sampler.get("sampler")
+    return "%s-%s" % (sampler, model) if isinstance(sampler, str) else model
+
+
+class _Batcher:
+    """Feeds windows of many segments to an embedder in full batches.
+
+    Windows are queued per key (a record or a file); every call of the
+    embedder gets exactly `batch_size` windows (cut across keys) except the
+    last one of `flush`, so a corpus of short clips is not embedded one tiny
+    batch per clip.
+    """
+
+    def __init__(self, embed_fn, batch_size):
+        self._embed_fn = embed_fn
+        self._batch_size = batch_size
+        self._queue = collections.deque()  # [key, windows not yet embedded]
+        self._queued = 0
+        self._outputs = {}  # key -> list of embedding arrays
+        self.windows_done = 0
+
+    def add(self, key, windows):
+        """Queues the windows of `key`; returns [(key, embeddings)] finished."""
+        self._queue.append((key, windows))
+        self._queued += windows.shape[0]
+        self._outputs[key] = []
+        finished = []
+        while self._queued >= self._batch_size:
+            finished += self._run(self._batch_size)
+        return finished
+
+    def flush(self):
+        """Embeds everything queued; returns [(key, embeddings)] finished."""
+        finished = []
+        while self._queued:
+            finished += self._run(min(self._batch_size, self._queued))
+        return finished
+
+    def _run(self, n):
+        parts, owners = [], []
+        need = n
+        while need:
+            key, windows = self._queue[0]
+            take = min(need, windows.shape[0])
+            parts.append(windows[:take])
+            owners.append((key, take))
+            if take == windows.shape[0]:
+                self._queue.popleft()
+            else:
+                self._queue[0] = (key, windows[take:])
+            need -= take
+        out = self._embed_fn(np.concatenate(parts) if len(parts) > 1
+                             else parts[0])
+        self._queued -= n
+        self.windows_done += n
+        finished, offset = [], 0
+        for key, take in owners:
+            self._outputs[key].append(out[offset:offset + take])
+            offset += take
+            if not (self._queue and self._queue[0][0] == key):
+                pieces = self._outputs.pop(key)
+                finished.append((key, np.concatenate(pieces)
+                                 if len(pieces) > 1 else pieces[0]))
+        return finished
+
+
+class _Progress:
+    """Logs windows/s and segments done every `PROGRESS_SECONDS`."""
+
+    def __init__(self, what):
+        self._what = what
+        self.start = time.monotonic()
+        self._last = self.start
+
+    def maybe_log(self, windows, segments, force=False):
+        now = time.monotonic()
+        if not force and now - self._last < PROGRESS_SECONDS:
+            return
+        self._last = now
+        elapsed = max(now - self.start, 1e-9)
+        logging.info("embedded %d windows of %d %s in %.1f s (%.0f windows/s)",
+                     windows, segments, self._what, elapsed, windows / elapsed)
+
+
+# ---------------------------------------------------------------- inputs ---
+
+
+def input_kind(input_spec):
+    """Whether `input_spec` names a TFRecord corpus or audio files.
+
+    Args:
+      input_spec: see `embed_corpus`.
+
+    Returns:
+      `INPUT_TFRECORD` or `INPUT_AUDIO`.
+
+    Raises:
+      FileNotFoundError: naming `input` when the path does not exist.
+    """
+    from triplet_audio import audio_io  # pylint: disable=g-import-not-at-top
+    spec = str(input_spec)
+    if os.path.isdir(spec):
+        if os.path.exists(os.path.join(spec, records.MANIFEST_NAME)) or (
+                glob.glob(os.path.join(glob.escape(spec),
+                                       "*" + records.SHARD_SUFFIX))):
+            return INPUT_TFRECORD
+        return INPUT_AUDIO
+    if os.path.isfile(spec):
+        ext = os.path.splitext(spec)[1][1:].lower()
+        if ext == "csv" or ext in audio_io.AUDIO_EXTENSIONS:
+            return INPUT_AUDIO
+        return INPUT_TFRECORD
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if any(ch in spec for ch in _GLOB_CHARS) or len(parts) > 1:
+        matches = [m for p in parts for m in glob.glob(p, recursive=True)]
+        if any(records.SHARD_SUFFIX in m for m in matches) or (
+                not matches and records.SHARD_SUFFIX in spec):
+            return INPUT_TFRECORD
+        if matches:
+            return INPUT_AUDIO
+    raise FileNotFoundError("input: %s matches no file or directory" % spec)
+
+
+def _manifest_classes(input_spec):
+    """The class vocabulary of a TFRecord corpus, or None without manifest."""
+    try:
+        manifest = records.load_manifest(input_spec)
+    except FileNotFoundError:
+        return None
+    return [str(c) for c in manifest.get("classes", [])]
+
+
+def _tfrecord_segments(input_spec, batcher, progress):
+    """Embeds a TFRecord corpus; returns the segment table and window rows.
+
+    Chunks of one recording are grouped by recording_id wherever they sit
+    (consecutive in one shard when bin/extract_features wrote them, but a
+    merged or re-sharded corpus may scatter them), ordered by chunk_index.
+    """
+    # cycle_length=1 reads shard after shard: segments come out in shard
+    # order, and the order never depends on interleaving.
+    ds = records.read_records(input_spec, cycle_length=1)
+    meta = {}  # record number -> its non-window fields
+    embedded = {}  # record number -> [W, D]
+    num_records = 0
+    for rec in ds.as_numpy_iterator():
+        key = num_records
+        num_records += 1
+        windows = rec[records.LOGMEL]
+        if windows.shape[0] == 0:
+            logging.warning("record %d of %s (recording %s) has no window; "
+                            "skipped", key, input_spec,
+                            rec[records.RECORDING_ID].decode("utf-8"))
+            continue
+        meta[key] = {
+            "recording_id": rec[records.RECORDING_ID].decode("utf-8"),
+            "chunk_index": int(rec[records.CHUNK_INDEX]),
+            "start_times": rec[records.START_TIMES],
+            "labels": tuple(int(l) for l in rec[records.LABELS]),
+            "split": rec[records.SPLIT].decode("utf-8"),
+        }
+        embedded.update(batcher.add(key, windows))
+        progress.maybe_log(batcher.windows_done, num_records)
+    embedded.update(batcher.flush())
+    progress.maybe_log(batcher.windows_done, num_records, force=True)
+
+    by_recording = collections.OrderedDict()
+    for key in sorted(meta):
+        by_recording.setdefault(meta[key]["recording_id"], []).append(key)
+    segments = []
+    for recording_id, keys in by_recording.items():
+        keys.sort(key=lambda k: meta[k]["chunk_index"])
+        chunk_indices = [meta[k]["chunk_index"] for k in keys]
+        if len(set(chunk_indices)) != len(chunk_indices):
+            raise EmbedError(
+                "input: recording %r has chunk_index %s more than once in %s "
+                "(the same recording extracted twice?)" %
+                (recording_id, chunk_indices, input_spec))
+        labels = {l for k in keys for l in meta[k]["labels"]}
+        splits = [meta[k]["split"] for k in keys]
+        if any(meta[k]["labels"] != meta[keys[0]]["labels"] for k in keys) or (
+                len(set(splits)) > 1):
+            logging.warning("recording %r: chunks disagree on labels or split;"
+                            " using the union of labels and split %r",
+                            recording_id, splits[0])
+        segments.append({
+            "id": recording_id,
+            "embeddings": [embedded[k] for k in keys],
+            "start_times": [meta[k]["start_times"] for k in keys],
+            "labels": sorted(labels),
+            "split": splits[0],
+        })
+    counts = {"records": num_records}
+    return segments, counts
+
+
+def _audio_windows(waveform):
+    """Log-mel windows of a 16 kHz waveform, computed in bounded pieces.
+
+    Pieces of `MAX_WINDOWS_PER_RECORD` windows start on window boundaries,
+    which are whole STFT hops apart, so the frames (and windows) are those of
+    the whole waveform while the STFT of an hour-long file never sits in
+    memory at once.
+    """
+    num = waveform.shape[0]
+    if num < C.MIN_WINDOW_SAMPLES:
+        return _windows_fn(waveform).numpy()
+    total = frontend.num_windows_for_samples(num)
+    pieces = []
+    for first in range(0, total, C.MAX_WINDOWS_PER_RECORD):
+        count = min(C.MAX_WINDOWS_PER_RECORD, total - first)
+        start = first * C.WINDOW_HOP_SAMPLES
+        piece = waveform[start:start + frontend.samples_for_windows(count)]
+        pieces.append(_windows_fn(piece).numpy())
+    return np.concatenate(pieces)
+
+
+@tf.function(input_signature=[tf.TensorSpec([None], tf.float32)],
+             reduce_retracing=True)
+def _windows_fn(waveform):
+    return frontend.waveform_to_windows(waveform, pad_short=True)
+
+
+def _audio_segments(input_spec, batcher, progress):
+    """Embeds audio files; unusable ones are listed, not fatal."""
+    # pylint: disable=g-import-not-at-top
+    from triplet_audio import audio_io
+    from triplet_audio import extract
+    # pylint: enable=g-import-not-at-top
+    items, classes = extract.discover_inputs(input_spec)
+    segments, failures = [], []
+    by_key = {}
+    audio_seconds = 0.0
+
+    def collect(done):
+        for key, emb in done:
+            segments[by_key[key]]["embeddings"] = [emb]
+
+    for item in items:
+        try:
+            waveform = audio_io.load_audio(item.path)
+            if waveform.shape[0] == 0:
+                raise audio_io.AudioError(item.path, audio_io.KIND_EMPTY,
+                                          "no samples")
+        except (audio_io.AudioError, OSError) as e:
+            logging.warning("skipping %s", e)
+            failures.append({"path": item.path, "reason": str(e),
+                             "kind": getattr(e, "kind", type(e).__name__)})
+            continue
+        audio_seconds += waveform.shape[0] / float(C.SAMPLE_RATE)
+        windows = _audio_windows(waveform)
+        by_key[item.path] = len(segments)
+        segments.append({
+            "id": item.recording_id,
+            "embeddings": None,
+            "start_times": [np.arange(windows.shape[0], dtype=np.float32) *
+                            np.float32(C.WINDOW_SECONDS)],
+            "labels": sorted(item.labels),
+            "split": item.split,
+        })
+        collect(batcher.add(item.path, windows))
+        progress.maybe_log(batcher.windows_done, len(segments))
+    collect(batcher.flush())
+    progress.maybe_log(batcher.windows_done, len(segments), force=True)
+    for seg in segments:
+        seg["embeddings"] = seg["embeddings"] or []
+    if not segments:
+        raise EmbedError("input: none of the %d audio file(s) of %s could be "
+                         "read (first: %s)" % (len(items), input_spec,
+                                               failures[0]["reason"]))
+    counts = {"files": len(items), "failed": len(failures),
+              "audio_seconds": round(audio_seconds, 3)}
+    return segments, counts, failures, list(classes)
+
+
+# ------------------------------------------------------------------ main ---
+
+
+# `input` is the flag's name (the command-line contract), hence the builtin's.
+def embed_corpus(input, output, saved_model=None, representation=None,  # pylint: disable=redefined-builtin
+                 batch_size=512, num_output_shards=1):
+    """Embeds every window of a corpus and writes an embeddings file.
+
+    Args:
+      input: a TFRecord corpus (directory with manifest.json or shards, shard
+        glob, comma-separated globs) or audio (directory, glob or CSV
+        `path,labels[,split]`).
+      output: output `.npz` path (see `embeddings_io.write_embeddings`).
+      saved_model: export directory written by bin/export (or the SavedModel
+        inside it). Exactly one of `saved_model` and `representation`.
+      representation: "logmel" for the flattened log-mel baseline (float16).
+      batch_size: windows per inference call.
+      num_output_shards: output `.npz` shards (a segment never spans two).
+
+    Returns:
+      A summary dict: input_kind, representation, embedding_size, segments,
+      windows, counts (records, or files / failed / audio_seconds), failures
+      (audio files that could not be read, with reasons), outputs (paths
+      written), seconds and windows_per_second.
+
+    Raises:
+      EmbedError: on invalid settings, a corpus with no window, or audio
+        input of which no file could be read.
+      FileNotFoundError: when `input` or `saved_model` does not exist.
+    """
+    if (saved_model is None) == (representation is None):
+        raise EmbedError("need exactly one of saved_model and representation "
+                         "(got %s)" % ("both" if saved_model else "neither"))
+    if representation is not None and representation not in REPRESENTATIONS:
+        raise EmbedError("representation: %r is not one of %s" %
+                         (representation, ", ".join(REPRESENTATIONS)))
+    if not output:
+        raise EmbedError("output: must be a non-empty path")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or (
+            batch_size < 1):
+        raise EmbedError("batch_size: must be an integer >= 1, got %r" %
+                         (batch_size,))
+    kind = input_kind(input)
+    embedder = (_LogmelEmbedder() if representation is not None
+                else _SavedModelEmbedder(saved_model))
+    batcher = _Batcher(embedder, int(batch_size))
+    failures = []
+    if kind == INPUT_TFRECORD:
+        progress = _Progress("records")
+        segments, counts = _tfrecord_segments(input, batcher, progress)
+        class_names = _manifest_classes(input)
+    else:
+        progress = _Progress("files")
+        segments, counts, failures, class_names = _audio_segments(
+            input, batcher, progress)
+    if not segments:
+        raise EmbedError("input: %s holds no window to embed" % input)
+    emb_set = _embedding_set(segments, class_names, embedder, input)
+    seconds = time.monotonic() - progress.start
+    emb_set.metadata = {
+        "source": os.path.abspath(input) if os.path.exists(input) else input,
+        "input_kind": kind,
+        "representation": embedder.representation,
+        "embedding_size": emb_set.dim,
+        "dtype": str(emb_set.embeddings.dtype),
+        "saved_model": embedder.metadata.get("saved_model"),
+        "export": embedder.metadata.get("export"),
+        "frontend": C.frontend_params(),
+        "counts": dict(counts, segments=emb_set.num_segments,
+                       windows=emb_set.num_windows),
+        "failures": failures,
+    }
+    paths = embeddings_io.write_embeddings(output, emb_set,
+                                           num_shards=num_output_shards)
+    summary = {
+        "input_kind": kind,
+        "representation": embedder.representation,
+        "embedding_size": emb_set.dim,
+        "segments": emb_set.num_segments,
+        "windows": emb_set.num_windows,
+        "counts": emb_set.metadata["counts"],
+        "failures": failures,
+        "outputs": paths,
+        "seconds": seconds,
+        "windows_per_second": emb_set.num_windows / max(seconds, 1e-9),
+    }
+    logging.info("embedded %d windows of %d segments (%s, D=%d) in %.1f s "
+                 "(%.0f windows/s) -> %s%s", summary["windows"],
+                 summary["segments"], summary["representation"],
+                 summary["embedding_size"], seconds,
+                 summary["windows_per_second"], ", ".join(paths),
+                 "; %d file(s) failed" % len(failures) if failures else "")
+    return summary
+
+
+def _embedding_set(segments, class_names, embedder, source):
+    """Assembles the `EmbeddingSet` of the embedded segments."""
+    max_label = max((l for s in segments for l in s["labels"]), default=-1)
+    if class_names is None:
+        logging.warning("%s has no %s: naming classes by index", source,
+                        records.MANIFEST_NAME)
+        class_names = [str(c) for c in range(max_label + 1)]
+    if max_label >= len(class_names):
+        raise EmbedError("input: label index %d but the vocabulary has %d "
+                         "classes" % (max_label, len(class_names)))
+    labels = np.zeros((len(segments), len(class_names)), np.uint8)
+    for row, seg in enumerate(segments):
+        labels[row, seg["labels"]] = 1
+    embeddings = np.concatenate([e for s in segments for e in s["embeddings"]])
+    sizes = [sum(e.shape[0] for e in s["embeddings"]) for s in segments]
+    return embeddings_io.EmbeddingSet(
+        embeddings=embeddings,
+        segment_index=np.repeat(np.arange(len(segments)), sizes),
+        start_times=np.concatenate([t for s in segments
+                                    for t in s["start_times"]]),
+        segment_ids=[s["id"] for s in segments],
+        labels=labels,
+        split=[s["split"] for s in segments],
+        class_names=class_names,
+        representation=embedder.representation,
+        metadata={},
+        source=str(source))
