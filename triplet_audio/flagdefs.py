@@ -310,9 +310,10 @@ def define_sampler_flags():
                         "Joint sampler: comma-separated sampler=weight; "
                         "unnamed samplers get 0.")
     flags.DEFINE_integer("shuffle_buffer", default["shuffle_buffer"],
-                         "Windows (or proximity pairs) held by the shuffle "
-                         "buffer; records are shuffled in a buffer of "
-                         "shuffle_buffer / 32.", lower_bound=1)
+                         "Windows held by the shuffle buffer of each input "
+                         "pipeline (~25 KB each; joint splits them among its "
+                         "samplers); records are shuffled in a buffer of "
+                         "shuffle_buffer / 32 (at most 256).", lower_bound=1)
     # --seed is shared with bin/make_corpus's group; a process (e.g. a test)
     # may define both.
     _define_if_missing(flags.DEFINE_integer, "seed", 0,
@@ -452,4 +453,132 @@ def train_config_from_flags():
         tpu=FLAGS.tpu,
         seed=FLAGS.seed,
         skip_corrupt=FLAGS.skip_corrupt)
+    return config.validate()
+
+
+# ------------------------------------------------------------------- demo
+@_once
+def define_demo_flags():
+    """Flags of bin/demo (sizes and evaluation settings of the demo)."""
+    # Defaults come from the config dataclass, their one home. demo is light
+    # (no TensorFlow): it runs the other binaries as subprocesses.
+    import dataclasses  # pylint: disable=g-import-not-at-top
+    from triplet_audio import demo  # pylint: disable=g-import-not-at-top
+    default = {f.name: f.default for f in dataclasses.fields(demo.DemoConfig)
+               if f.default is not dataclasses.MISSING}
+    # Names shared with bin/make_corpus, bin/extract_features and
+    # bin/evaluate mean the same there and are passed on unchanged; a process
+    # (e.g. a test) may define several groups.
+    _define_if_missing(
+        flags.DEFINE_string, "output_dir", None,
+        "(Required.) Run directory of the demo: corpus, features, runs, "
+        "exports, embeddings, evaluations, logs and the final report.")
+    flags.DEFINE_list(
+        "samplers", list(default["samplers"]),
+        "Training runs, comma-separated, of: %s. 'supervised' is the "
+        "topline of the recovery columns; the log-mel baseline is always "
+        "evaluated." % ", ".join(demo.ALL_RUNS))
+    flags.DEFINE_string(
+        "train_flagfile", default["train_flagfile"],
+        "Flag file of every bin/train run (model, steps, batch, optimizer); "
+        "relative paths are relative to the working directory.")
+    flags.DEFINE_multi_string(
+        "train_flag", list(default["train_flags"]),
+        "Extra flag for every bin/train run, after --train_flagfile so it "
+        "wins (repeatable), e.g. --train_flag=--steps=20000 "
+        "--train_flag=--model=resnet50.")
+    _define_if_missing(flags.DEFINE_integer, "num_train",
+                       default["num_train"], "Training recordings.",
+                       lower_bound=0)
+    _define_if_missing(flags.DEFINE_integer, "num_eval", default["num_eval"],
+                       "Evaluation recordings.", lower_bound=0)
+    _define_if_missing(flags.DEFINE_float, "duration_s",
+                       default["duration_s"],
+                       "Length of every recording (s).")
+    _define_if_missing(
+        flags.DEFINE_integer, "num_classes", default["num_classes"],
+        "Use only the first N sound classes of the synthetic vocabulary; 0 "
+        "uses all of them.", lower_bound=0)
+    _define_if_missing(flags.DEFINE_integer, "seed", default["seed"],
+                       "Corpus seed (training seeds come from the training "
+                       "flag file).", lower_bound=0)
+    _define_if_missing(flags.DEFINE_integer, "num_shards",
+                       default["num_shards"],
+                       "TFRecord shards of each extracted split.",
+                       lower_bound=1)
+    _define_if_missing(flags.DEFINE_integer, "workers", default["workers"],
+                       "Worker processes of corpus generation and feature "
+                       "extraction; 0 uses every core.", lower_bound=0)
+    _define_if_missing(flags.DEFINE_integer, "eval_seed",
+                       default["eval_seed"],
+                       "Seed of the QbE samples, classifier initialisation "
+                       "and few-shot draws.")
+    _define_if_missing(flags.DEFINE_integer, "qbe_num_pos",
+                       default["qbe_num_pos"],
+                       "QbE: segments sampled per class that have it.",
+                       lower_bound=1)
+    _define_if_missing(flags.DEFINE_integer, "qbe_num_neg",
+                       default["qbe_num_neg"],
+                       "QbE: segments sampled per class that do not have it.",
+                       lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_integer, "qbe_min_count", default["qbe_min_count"],
+        "QbE: 0 is the paper's exact protocol; N > 0 keeps a class with at "
+        "least N positives and negatives and uses all it has (small "
+        "corpora).", lower_bound=0)
+    _define_if_missing(flags.DEFINE_integer, "classifier_epochs",
+                       default["classifier_epochs"],
+                       "Training epochs of the 1x512 and 2x512 classifiers.",
+                       lower_bound=1)
+    _define_if_missing(flags.DEFINE_integer, "fewshot_epochs",
+                       default["fewshot_epochs"],
+                       "Training epochs of each few-shot classifier.",
+                       lower_bound=1)
+    _define_if_missing(flags.DEFINE_integer, "fewshot_per_class",
+                       default["fewshot_per_class"],
+                       "Few-shot: labelled segments per class per draw.",
+                       lower_bound=1)
+    _define_if_missing(flags.DEFINE_integer, "fewshot_draws",
+                       default["fewshot_draws"],
+                       "Few-shot: number of random draws averaged.",
+                       lower_bound=1)
+    flags.DEFINE_float("progress_every", default["progress_every"],
+                       "Seconds between progress lines of a running stage.",
+                       lower_bound=1.0)
+    flags.DEFINE_boolean("dry_run", default["dry_run"],
+                         "Only list the stages and their commands; run and "
+                         "write nothing.")
+
+
+def demo_config_from_flags():
+    """Builds the validated `demo.DemoConfig` from the parsed flags.
+
+    Raises:
+      ValueError: naming the flag when a value is missing or invalid.
+    """
+    from triplet_audio import demo  # pylint: disable=g-import-not-at-top
+    if not FLAGS.output_dir:
+        raise ValueError("--output_dir is required")
+    config = demo.DemoConfig(
+        output_dir=FLAGS.output_dir,
+        samplers=tuple(FLAGS.samplers),
+        train_flagfile=FLAGS.train_flagfile,
+        train_flags=tuple(FLAGS.train_flag),
+        num_train=FLAGS.num_train,
+        num_eval=FLAGS.num_eval,
+        duration_s=FLAGS.duration_s,
+        num_classes=FLAGS.num_classes,
+        seed=FLAGS.seed,
+        num_shards=FLAGS.num_shards,
+        workers=FLAGS.workers,
+        eval_seed=FLAGS.eval_seed,
+        qbe_num_pos=FLAGS.qbe_num_pos,
+        qbe_num_neg=FLAGS.qbe_num_neg,
+        qbe_min_count=FLAGS.qbe_min_count,
+        classifier_epochs=FLAGS.classifier_epochs,
+        fewshot_epochs=FLAGS.fewshot_epochs,
+        fewshot_per_class=FLAGS.fewshot_per_class,
+        fewshot_draws=FLAGS.fewshot_draws,
+        progress_every=FLAGS.progress_every,
+        dry_run=FLAGS.dry_run)
     return config.validate()

@@ -1,0 +1,774 @@
+"""The training input pipeline: record shards -> triplet batches for the loss.
+
+Three separate steps, so the model never sees the file format:
+
+1. decode: `records.records_from_paths` (parallel interleave over shuffled
+   shards, `records.parse_example`), then `record_to_windows` flattens each
+   record into window elements carrying their ids.
+2. sample: a `samplers` function (dict -> dict) turns k *pairs* of stream
+   elements into k triplets in one vectorised call. Pairs are consecutive
+   elements of a shuffled stream, so the second element of a pair is a random
+   other example and no corpus is held in memory.
+3. batch: the k triplets become one batch of 3k windows
+   (`_triplet_batch_to_windows`; `batch_triplets` for a stream of single
+   triplets, as the joint mixture makes).
+
+Batch layout (the loss relies on it):
+
+  windows  float32 [B, 96, 64], B = 3k. Triplets are interleaved: windows
+           [3i, 3i + 1, 3i + 2] are (anchor_i, positive_i, negative_i). A
+           global batch cut into per-replica contiguous slices whose size is a
+           multiple of 3 therefore keeps whole triplets.
+  labels   int64 [B] for noise, translation, mixing, proximity and joint:
+           anchor and positive share a label, and the in-batch miner may treat
+           any two windows with different labels as negatives. noise,
+           translation and mixing label a window by its source window id
+           (`samplers.window_id`); proximity labels it by its recording
+           (`samplers.recording_hash`), so two windows of one recording are
+           never mined as each other's negatives. joint mixes both kinds.
+           supervised: float32 multi-hot [B, num_classes] ("positive" =
+           shares a class).
+
+Determinism: shard order, shuffles and `sample_from_datasets` are seeded, maps
+keep their order, and every random draw is a stateless op seeded from the
+element's position (and window id), so one seed gives identical batches and
+another seed different ones.
+
+Single-window records and proximity: such a record (or a window with no
+other window of its record within dt) cannot be an anchor, because a positive
+must be a *different* window of the same recording (pairing the window with
+itself would make a trivial zero-distance pair that teaches nothing). It is
+still used as a negative, so short clips keep contributing contrast.
+"""
+
+import dataclasses
+import functools
+import math
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from triplet_audio import constants as C
+from triplet_audio import flagdefs
+from triplet_audio import records
+from triplet_audio import samplers
+
+DEFAULT_SHUFFLE_BUFFER = 1024
+"""Windows in the shuffle buffer by default. Larger buffers cost CPU, not just
+memory: on a 2-core test machine one pass with 4096 windows (100 MB) took
++17 us per window over parse-only, with 1024 +8 us (cache-cold copies), while
+file shuffling and the 8-record interleave already mix recordings."""
+
+# The record-level shuffle holds shuffle_buffer / 32 records, at most 256:
+# ~10-window clips add a third of the window buffer, and the cap bounds
+# corpora of 256-window chunks (256 x 256 windows = 1.6 GB).
+_RECORD_BUFFER_DIVISOR = 32
+_MAX_RECORD_BUFFER = 256
+
+# Records read round-robin while flattening, so consecutive windows of the
+# stream come from different recordings before the window shuffle.
+_INTERLEAVE_RECORDS = 8
+
+# Triplets sampled per vectorised sampler call when `make_triplets` returns
+# single triplets (tests, inspection, the joint mixture).
+_SAMPLE_CHUNK = 32
+
+# Tags for deriving independent seeds of each stage from the one seed.
+_FILES, _RECORDS, _WINDOWS, _ELEMENTS, _JOINT = range(5)
+
+
+def parse_joint_weights(text):
+    """Parses "noise=1,translation=2" into {sampler: weight}.
+
+    Samplers not named get weight 0.
+
+    Args:
+      text: comma-separated name=weight entries over
+        `flagdefs.UNSUPERVISED_SAMPLERS`.
+
+    Returns:
+      dict over every unsupervised sampler name.
+
+    Raises:
+      ValueError: naming `joint_weights` on a malformed entry or unknown name.
+    """
+    weights = {name: 0.0 for name in flagdefs.UNSUPERVISED_SAMPLERS}
+    for entry in str(text).split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, sep, value = entry.partition("=")
+        name = name.strip()
+        if not sep:
+            raise ValueError("--joint_weights: entry %r is not name=weight" %
+                             entry)
+        if name not in weights:
+            raise ValueError(
+                "--joint_weights: unknown sampler %r (choose from %s)" %
+                (name, ", ".join(flagdefs.UNSUPERVISED_SAMPLERS)))
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise ValueError("--joint_weights: weight %r of %s is not a number"
+                             % (value, name)) from None
+    return weights
+
+
+def _default_joint_weights():
+    return {name: 1.0 for name in flagdefs.UNSUPERVISED_SAMPLERS}
+
+
+@dataclasses.dataclass
+class SamplerConfig:
+    """How triplets are sampled (section 3.2 of the paper).
+
+    Attributes:
+      sampler: one of `flagdefs.SAMPLERS`.
+      noise_sigma: standard deviation of the Gaussian-noise sampler's eps.
+      translation_max_shift: S, the largest frequency shift in mel bins
+        (0 <= S < 64).
+      mixing_alpha: alpha of the example-mixing sampler.
+      proximity_dt: seconds; anchor and positive start less than this apart
+        (inf: anywhere in the record). Pairs never span two records, so a long
+        recording split into chunks of `MAX_WINDOWS_PER_RECORD` windows pairs
+        within a chunk.
+      joint_weights: {unsupervised sampler: weight >= 0} for `joint`; the
+        weights are normalised, and a sampler with weight 0 is left out. A
+        string "noise=1,proximity=2" is parsed.
+      shuffle_buffer: windows held by the shuffle buffer of an input
+        pipeline (~25 KB each; proximity elements are two windows, so its
+        buffer holds half as many; joint splits it among its samplers). The
+        record shuffle before flattening holds `shuffle_buffer // 32` records
+        (1 to 256).
+    """
+    sampler: str
+    noise_sigma: float = 0.5
+    translation_max_shift: int = 10
+    mixing_alpha: float = 0.25
+    proximity_dt: float = math.inf
+    joint_weights: dict = dataclasses.field(
+        default_factory=_default_joint_weights)
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
+
+    def __post_init__(self):
+        if isinstance(self.joint_weights, str):
+            self.joint_weights = parse_joint_weights(self.joint_weights)
+        elif (isinstance(self.joint_weights, dict) and
+              set(self.joint_weights) <= set(flagdefs.UNSUPERVISED_SAMPLERS)):
+            # One spelling per config: every sampler named, unnamed ones 0.
+            self.joint_weights = {
+                name: self.joint_weights.get(name, 0.0)
+                for name in flagdefs.UNSUPERVISED_SAMPLERS}
+        if isinstance(self.proximity_dt, str):
+            # config.json writes inf as "inf".
+            try:
+                self.proximity_dt = float(self.proximity_dt)
+            except ValueError:
+                raise ValueError("--proximity_dt: %r is not a number" %
+                                 self.proximity_dt) from None
+        self.validate()
+
+    def validate(self):
+        """Checks every field.
+
+        Returns:
+          self.
+
+        Raises:
+          ValueError: naming the first invalid field.
+        """
+        def bad(field, why):
+            raise ValueError("--%s: %s" % (field, why))
+
+        def finite_at_least_zero(field, value):
+            if (isinstance(value, bool) or
+                    not isinstance(value, (int, float, np.number)) or
+                    not math.isfinite(value) or value < 0):
+                bad(field, "must be a finite number >= 0, got %r" % (value,))
+
+        if self.sampler not in flagdefs.SAMPLERS:
+            bad("sampler", "must be one of %s, got %r" %
+                (", ".join(flagdefs.SAMPLERS), self.sampler))
+        finite_at_least_zero("noise_sigma", self.noise_sigma)
+        finite_at_least_zero("mixing_alpha", self.mixing_alpha)
+        if (isinstance(self.translation_max_shift, bool) or
+                not isinstance(self.translation_max_shift, (int, np.integer))
+                or not 0 <= self.translation_max_shift < C.NUM_MEL_BANDS):
+            bad("translation_max_shift", "must be an integer in [0, %d), got %r"
+                % (C.NUM_MEL_BANDS, self.translation_max_shift))
+        if (isinstance(self.proximity_dt, bool) or
+                not isinstance(self.proximity_dt, (int, float, np.number)) or
+                math.isnan(self.proximity_dt) or not self.proximity_dt > 0):
+            bad("proximity_dt", "must be > 0 seconds (inf allowed), got %r" %
+                (self.proximity_dt,))
+        if not isinstance(self.joint_weights, dict):
+            bad("joint_weights", "must be a dict or 'name=weight,...' string")
+        for name, weight in self.joint_weights.items():
+            if name not in flagdefs.UNSUPERVISED_SAMPLERS:
+                bad("joint_weights", "unknown sampler %r (choose from %s)" %
+                    (name, ", ".join(flagdefs.UNSUPERVISED_SAMPLERS)))
+            finite_at_least_zero("joint_weights", weight)
+        if not sum(self.joint_weights.values()) > 0:
+            bad("joint_weights", "at least one weight must be > 0")
+        if (isinstance(self.shuffle_buffer, bool) or
+                not isinstance(self.shuffle_buffer, (int, np.integer)) or
+                self.shuffle_buffer < 1):
+            bad("shuffle_buffer", "must be an integer >= 1, got %r" %
+                (self.shuffle_buffer,))
+        return self
+
+    @classmethod
+    def from_dict(cls, d):
+        """Rebuilds a config from `dataclasses.asdict` / config.json output.
+
+        Unknown keys are ignored (a newer config read by older code).
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in dict(d).items() if k in names})
+
+    def active_joint_samplers(self):
+        """The (name, normalised weight) pairs `joint` mixes, in fixed order."""
+        total = float(sum(self.joint_weights.values()))
+        return [(name, self.joint_weights[name] / total)
+                for name in flagdefs.UNSUPERVISED_SAMPLERS
+                if self.joint_weights.get(name, 0) > 0]
+
+
+# ------------------------------------------------------------ batching
+def triplets_per_batch(batch_size, input_context=None):
+    """Triplets in one batch this input pipeline produces.
+
+    Args:
+      batch_size: global batch in windows (3 per triplet).
+      input_context: optional `tf.distribute.InputContext`; the per-replica
+        batch is then `input_context.get_per_replica_batch_size(batch_size)`.
+
+    Returns:
+      int k, the batch holding 3k windows.
+
+    Raises:
+      ValueError: when the (per-replica) batch is not a positive multiple of 3.
+    """
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size:
+        raise ValueError("--batch_size: must be an integer, got %r" %
+                         (batch_size,))
+    batch_size = int(batch_size)
+    if batch_size < 3 or batch_size % 3:
+        raise ValueError("--batch_size: must be a positive multiple of 3 "
+                         "(whole triplets), got %d" % batch_size)
+    if input_context is None:
+        return batch_size // 3
+    per_replica = input_context.get_per_replica_batch_size(batch_size)
+    if per_replica < 3 or per_replica % 3:
+        raise ValueError(
+            "--batch_size: %d over %d replicas gives %d windows per replica, "
+            "not a positive multiple of 3 (whole triplets)" %
+            (batch_size, input_context.num_replicas_in_sync, per_replica))
+    return per_replica // 3
+
+
+def _triplet_batch_to_windows(batch):
+    windows = tf.stack([batch[samplers.ANCHOR], batch[samplers.POSITIVE],
+                        batch[samplers.NEGATIVE]], axis=1)
+    windows = tf.reshape(windows, (-1,) + C.WINDOW_SHAPE)
+    labels = batch[samplers.LABELS]
+    labels = tf.reshape(labels, [-1] + labels.shape[2:].as_list())
+    return windows, labels
+
+
+def batch_triplets(triplets, num_triplets):
+    """Batches triplet dicts into (windows [3k, 96, 64], labels) (see LAYOUT).
+
+    Args:
+      triplets: dataset of triplet dicts (`make_triplets`).
+      num_triplets: k, triplets per batch; a short last batch is dropped.
+
+    Returns:
+      tf.data.Dataset of (windows float32 [3k, 96, 64], labels int64 [3k] or
+      float32 [3k, num_classes]).
+    """
+    ds = triplets.batch(num_triplets, drop_remainder=True)
+    return ds.map(_triplet_batch_to_windows,
+                  num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# -------------------------------------------------------------- decoding
+def _derive_seed(seed, *tags):
+    # Independent, reproducible seeds per stage and input pipeline.
+    state = np.random.SeedSequence(
+        [int(seed) % 2 ** 64] + [int(t) for t in tags]).generate_state(
+            2, np.uint64)
+    return int(state[0] >> np.uint64(1)), int(state[1] >> np.uint64(1))
+
+
+def _stateless_base(seed, *tags):
+    return tf.constant(_derive_seed(seed, *tags), tf.int64)
+
+
+def shard_paths(file_pattern, input_context=None, skip_corrupt=False):
+    """The shards this input pipeline reads.
+
+    With an input context, pipeline i of n reads shards i, i + n, ... of the
+    sorted listing, so pipelines see disjoint shards (and so disjoint
+    recordings, whose chunks the extractor keeps in one shard). With fewer
+    shards than pipelines it falls back to reading every shard and keeping
+    every n-th record (logged), which is still disjoint but reads n times.
+
+    Args:
+      file_pattern: corpus directory, glob or comma-separated globs.
+      input_context: optional `tf.distribute.InputContext`.
+      skip_corrupt: leave out a shard with truncated framing (logged) instead
+        of raising.
+
+    Returns:
+      (paths, record_shard): the shard paths to read and None, or
+      (num_input_pipelines, input_pipeline_id) when records must be sharded.
+
+    Raises:
+      FileNotFoundError: when nothing matches.
+      records.CorruptShardError: on a truncated shard unless `skip_corrupt`.
+    """
+    paths = records.list_shards(file_pattern)
+    record_shard = None
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        num = input_context.num_input_pipelines
+        index = input_context.input_pipeline_id
+        if len(paths) >= num:
+            paths = paths[index::num]
+        else:
+            logging.warning(
+                "%d shards for %d input pipelines: every pipeline reads all "
+                "shards and keeps every %d-th record; write at least %d shards "
+                "to read each once", len(paths), num, num, num)
+            record_shard = (num, index)
+    good = []
+    for path in paths:
+        try:
+            records.check_shard_framing(path)
+            good.append(path)
+        except records.CorruptShardError as e:
+            if not skip_corrupt:
+                raise
+            logging.warning("skipping corrupt shard: %s", e)
+    if not good:
+        raise records.CorruptShardError(
+            "every shard of %r this input pipeline reads is corrupt" %
+            file_pattern)
+    return good, record_shard
+
+
+def _pipeline_id(input_context):
+    return 0 if input_context is None else input_context.input_pipeline_id
+
+
+def read_corpus(file_pattern, seed=0, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
+                input_context=None, skip_corrupt=False):
+    """Decoded records of this input pipeline's shards, shuffled (one pass).
+
+    Args:
+      file_pattern: corpus directory, glob or comma-separated globs.
+      seed: int seed of the shard and record shuffles.
+      shuffle_buffer: window shuffle size; the record shuffle holds
+        `shuffle_buffer // 32` records (1 to 256).
+      input_context: optional `tf.distribute.InputContext`.
+      skip_corrupt: skip corrupt shards and records (logged).
+
+    Returns:
+      tf.data.Dataset of `records.parse_example` dicts.
+    """
+    paths, record_shard = shard_paths(file_pattern, input_context,
+                                      skip_corrupt=skip_corrupt)
+    pid = _pipeline_id(input_context)
+    ds = records.records_from_paths(
+        paths, skip_corrupt=skip_corrupt, shuffle_files=True,
+        seed=_derive_seed(seed, pid, _FILES)[0], deterministic=True)
+    if record_shard is not None:
+        ds = ds.shard(*record_shard)
+    record_buffer = min(_MAX_RECORD_BUFFER,
+                        max(1, shuffle_buffer // _RECORD_BUFFER_DIVISOR))
+    if record_buffer > 1:
+        ds = ds.shuffle(record_buffer,
+                        seed=_derive_seed(seed, pid, _RECORDS)[0])
+    return ds
+
+
+def multi_hot(labels, num_classes):
+    """Multi-hot vector of a record's class indices.
+
+    Args:
+      labels: int `[L]` class indices (may be empty).
+      num_classes: vocabulary size C.
+
+    Returns:
+      float32 `[C]`, zeros for no labels. Running it raises
+      InvalidArgumentError when a label is outside [0, C): one_hot would
+      silently drop it.
+    """
+    labels = tf.convert_to_tensor(labels, tf.int64)
+    message = "record label outside the manifest's vocabulary"
+    checks = [
+        tf.debugging.assert_less(labels, tf.constant(num_classes, tf.int64),
+                                 message=message),
+        tf.debugging.assert_non_negative(labels, message=message),
+    ]
+    with tf.control_dependencies(checks):
+        hot = tf.reduce_sum(tf.one_hot(labels, num_classes, dtype=tf.float32),
+                            axis=0)
+    return tf.minimum(hot, 1.0)
+
+
+def record_to_windows(record, num_classes=None):
+    """Splits a decoded record into per-window fields (dict -> dict).
+
+    Args:
+      record: `records.parse_example` dict.
+      num_classes: vocabulary size; when given, `LABELS` is the record's
+        multi-hot repeated per window, otherwise labels are left out.
+
+    Returns:
+      dict of [W, ...] tensors: `LOGMEL` [W, 96, 64], `WINDOW_ID` int64,
+      `RECORDING_ID` string, `RECORDING_HASH` int64, `START_TIME` float32 and
+      optionally `LABELS` float32 [W, num_classes].
+    """
+    logmel = record[records.LOGMEL]
+    w = tf.shape(logmel)[0]
+    rid = record[records.RECORDING_ID]
+    out = {
+        samplers.LOGMEL: logmel,
+        samplers.WINDOW_ID: samplers.window_id(
+            rid, record[records.CHUNK_INDEX], tf.range(w, dtype=tf.int64)),
+        samplers.RECORDING_ID: tf.fill([w], rid),
+        samplers.RECORDING_HASH: tf.fill([w], samplers.recording_hash(rid)),
+        samplers.START_TIME: tf.ensure_shape(record[records.START_TIMES],
+                                             [None]),
+    }
+    if num_classes:
+        hot = multi_hot(record[records.LABELS], num_classes)
+        out[samplers.LABELS] = tf.tile(hot[None, :], [w, 1])
+    return out
+
+
+def record_to_proximity_elements(record, seed, dt):
+    """Per-window proximity elements of a record (dict -> dict).
+
+    Args:
+      record: `records.parse_example` dict.
+      seed: int [2] stateless seed of the partner draw.
+      dt: proximity bound in seconds.
+
+    Returns:
+      dict of [W, ...] tensors: `LOGMEL` [W, 2, 96, 64] (window, partner),
+      `HAS_PARTNER` bool, `RECORDING_ID`, `RECORDING_HASH`, `WINDOW_ID`.
+    """
+    windows = record_to_windows(record)
+    partner, has_partner = samplers.proximity_partners(
+        windows[samplers.START_TIME], seed, dt)
+    logmel = windows[samplers.LOGMEL]
+    return {
+        samplers.LOGMEL: tf.stack([logmel, tf.gather(logmel, partner)], axis=1),
+        samplers.HAS_PARTNER: has_partner,
+        samplers.RECORDING_ID: windows[samplers.RECORDING_ID],
+        samplers.RECORDING_HASH: windows[samplers.RECORDING_HASH],
+        samplers.WINDOW_ID: windows[samplers.WINDOW_ID],
+    }
+
+
+def _flatten(per_record):
+    # Round-robin over a few records: consecutive windows differ in recording.
+    return per_record.interleave(
+        tf.data.Dataset.from_tensor_slices, cycle_length=_INTERLEAVE_RECORDS,
+        block_length=1)
+
+
+def windows_from_records(record_ds, num_classes=None):
+    """Flattens decoded records into window elements (see record_to_windows)."""
+    per_record = record_ds.map(
+        functools.partial(record_to_windows, num_classes=num_classes),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    return _flatten(per_record)
+
+
+def make_window_dataset(file_pattern, seed=0, shuffle_buffer=0,
+                        input_context=None, num_classes=None,
+                        skip_corrupt=False):
+    """Decoded, flattened windows (one pass): the parse-only stream.
+
+    Args:
+      file_pattern: corpus directory, glob or comma-separated globs.
+      seed: int seed.
+      shuffle_buffer: window shuffle size; 0 keeps shard order (no record or
+        window shuffle).
+      input_context: optional `tf.distribute.InputContext`.
+      num_classes: include multi-hot labels of this size.
+      skip_corrupt: skip corrupt shards and records (logged).
+
+    Returns:
+      tf.data.Dataset of window dicts (`record_to_windows` fields, unbatched).
+    """
+    if shuffle_buffer:
+        record_ds = read_corpus(file_pattern, seed, shuffle_buffer,
+                                input_context, skip_corrupt)
+    else:
+        paths, record_shard = shard_paths(file_pattern, input_context,
+                                          skip_corrupt)
+        record_ds = records.records_from_paths(paths, skip_corrupt=skip_corrupt)
+        if record_shard is not None:
+            record_ds = record_ds.shard(*record_shard)
+    ds = windows_from_records(record_ds, num_classes)
+    if shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, seed=_derive_seed(
+            seed, _pipeline_id(input_context), _WINDOWS)[0])
+    return ds
+
+
+# --------------------------------------------------------------- sampling
+def _drop_valid(triplets):
+    return {k: v for k, v in triplets.items() if k != samplers.VALID}
+
+
+def _split_pairs(tensor, k):
+    # [2k, ...] -> [k, 2, ...]: consecutive stream elements pair up (a
+    # reshape, no copy). k None: a last, short batch; an odd element is left
+    # out.
+    if k is None:
+        even = tf.shape(tensor)[0] // 2 * 2
+        tensor = tensor[:even]
+        k = -1
+    return tf.reshape(tensor, [k, 2] + tensor.shape[1:].as_list())
+
+
+def _augmentation_batches(name, config, windows, base_seed, k,
+                          drop_remainder):
+    if name == "noise":
+        fn = functools.partial(samplers.noise_sampler,
+                               sigma=config.noise_sigma)
+    elif name == "translation":
+        fn = functools.partial(samplers.translation_sampler,
+                               max_shift=config.translation_max_shift)
+    else:
+        fn = functools.partial(samplers.mixing_sampler,
+                               alpha=config.mixing_alpha)
+
+    def sample(index, batch):
+        pairs = {key: _split_pairs(value, k if drop_remainder else None)
+                 for key, value in batch.items()}
+        seed = samplers.element_seed(base_seed, index,
+                                     pairs[samplers.WINDOW_ID][0, 0])
+        return _drop_valid(fn(pairs, seed))
+
+    batches = windows.batch(2 * k, drop_remainder=drop_remainder).enumerate()
+    return batches.map(sample, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _valid_pair_batches(pairs, is_valid, sampler_fn, k, drop_remainder):
+    # The validity test is a handful of ops per pair; the sampler runs once
+    # per batch of valid pairs.
+    ds = pairs.filter(is_valid).batch(k, drop_remainder=drop_remainder)
+    return ds.map(lambda batch: _drop_valid(sampler_fn(batch)),
+                  num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _proximity_batches(config, record_ds, base_seed, window_seed, k,
+                       drop_remainder):
+    dt = float(config.proximity_dt)
+    if dt <= C.WINDOW_SECONDS:
+        logging.warning(
+            "--proximity_dt=%g s is not more than one window (%g s): no two "
+            "consecutive windows qualify, so proximity yields no triplets",
+            dt, C.WINDOW_SECONDS)
+
+    def elements(index, record):
+        salt = samplers.window_id(record[records.RECORDING_ID],
+                                  record[records.CHUNK_INDEX], 0)
+        seed = samplers.element_seed(base_seed, index, salt)
+        return record_to_proximity_elements(record, seed, dt)
+
+    per_record = record_ds.enumerate().map(
+        elements, num_parallel_calls=tf.data.AUTOTUNE)
+    # An element is a window and its partner: half as many fit the memory.
+    pairs = _flatten(per_record).shuffle(max(1, config.shuffle_buffer // 2),
+                                         seed=window_seed)
+    return _valid_pair_batches(pairs.batch(2, drop_remainder=True),
+                               samplers.proximity_pair_valid,
+                               samplers.proximity_sampler, k, drop_remainder)
+
+
+def _supervised_batches(config, record_ds, base_seed, window_seed,
+                        num_classes, k, drop_remainder):
+
+    def labelled_windows(index, record):
+        windows = record_to_windows(record, num_classes)
+        salt = samplers.window_id(record[records.RECORDING_ID],
+                                  record[records.CHUNK_INDEX], 0)
+        windows[samplers.CLASS] = samplers.choose_class(
+            windows[samplers.LABELS],
+            samplers.element_seed(base_seed, index, salt))
+        return windows
+
+    # Unlabelled records are neither anchors nor negatives: an empty label
+    # set means "unknown", not "none of the classes".
+    record_ds = record_ds.filter(
+        lambda r: tf.size(r[records.LABELS]) > 0).enumerate()
+    windows = _flatten(record_ds.map(
+        labelled_windows, num_parallel_calls=tf.data.AUTOTUNE)).shuffle(
+            config.shuffle_buffer, seed=window_seed)
+    # Two windows of one drawn class make an anchor-positive pair. Holds at
+    # most one pending window per class: O(num_classes) memory.
+    same_class = windows.group_by_window(
+        key_func=lambda w: w[samplers.CLASS],
+        reduce_func=lambda key, group: group.batch(2, drop_remainder=True),
+        window_size=2)
+    return _valid_pair_batches(same_class.batch(2, drop_remainder=True),
+                               samplers.supervised_pair_valid,
+                               samplers.supervised_sampler, k, drop_remainder)
+
+
+def _sampler_batches(name, config, file_pattern, seed, input_context,
+                     num_classes, skip_corrupt, k, drop_remainder):
+    """One pass of triplet batch dicts of one (non-joint) sampler."""
+    pid = _pipeline_id(input_context)
+    tag = samplers.sampler_index(name)
+    # Each sampler of a joint mixture reads with its own seeds, so the
+    # streams it mixes are not copies of one another.
+    record_ds = read_corpus(file_pattern, _derive_seed(seed, tag)[0],
+                            config.shuffle_buffer, input_context, skip_corrupt)
+    base_seed = _stateless_base(seed, pid, tag, _ELEMENTS)
+    window_seed = _derive_seed(seed, pid, tag, _WINDOWS)[0]
+    if name == "proximity":
+        return _proximity_batches(config, record_ds, base_seed, window_seed,
+                                  k, drop_remainder)
+    if name == "supervised":
+        return _supervised_batches(config, record_ds, base_seed, window_seed,
+                                   num_classes, k, drop_remainder)
+    windows = windows_from_records(record_ds).shuffle(config.shuffle_buffer,
+                                                      seed=window_seed)
+    return _augmentation_batches(name, config, windows, base_seed, k,
+                                 drop_remainder)
+
+
+def _resolve_num_classes(file_pattern, num_classes):
+    if num_classes:
+        return int(num_classes)
+    try:
+        manifest = records.load_manifest(file_pattern)
+    except FileNotFoundError:
+        manifest = {}
+    n = len(manifest.get("classes", []))
+    if not n:
+        raise ValueError("--sampler=supervised needs num_classes or a corpus "
+                         "manifest with a class vocabulary (%s)" % file_pattern)
+    return n
+
+
+def make_triplets(file_pattern, sampler_config, seed=0, input_context=None,
+                  num_classes=None, skip_corrupt=False, repeat=True):
+    """Unbatched triplet dicts of a sampler (decode + sample).
+
+    Args:
+      file_pattern: corpus directory, glob or comma-separated globs.
+      sampler_config: `SamplerConfig`.
+      seed: int; one seed gives one sequence of triplets.
+      input_context: optional `tf.distribute.InputContext`: this pipeline
+        then reads only its share of the shards.
+      num_classes: vocabulary size for `supervised` (default: the manifest's
+        class count).
+      skip_corrupt: skip corrupt shards and records (logged) instead of
+        raising.
+      repeat: repeat indefinitely (reshuffling each pass). One pass that
+        yields no triplet (e.g. proximity on single-window recordings) ends
+        the dataset instead of spinning forever.
+
+    Returns:
+      tf.data.Dataset of dicts: `ANCHOR`, `POSITIVE`, `NEGATIVE` float32
+      [96, 64]; `LABELS` int64 [3] (float32 [3, num_classes] for
+      supervised); `SAMPLER` int32 (index into `flagdefs.SAMPLERS`);
+      `RECORDING_IDS` string [3].
+    """
+    sampler_config.validate()
+    name = sampler_config.sampler
+    if name == "supervised":
+        num_classes = _resolve_num_classes(file_pattern, num_classes)
+    if name != "joint":
+        ds = _sampler_batches(name, sampler_config, file_pattern, seed,
+                              input_context, num_classes, skip_corrupt,
+                              _SAMPLE_CHUNK, drop_remainder=False).unbatch()
+        return ds.repeat() if repeat else ds
+    active = sampler_config.active_joint_samplers()
+    # Every part has its own buffers; together they hold shuffle_buffer.
+    part_config = dataclasses.replace(
+        sampler_config,
+        shuffle_buffer=max(1, sampler_config.shuffle_buffer // len(active)))
+    parts, weights = [], []
+    for part, weight in active:
+        ds = _sampler_batches(part, part_config, file_pattern, seed,
+                              input_context, None, skip_corrupt,
+                              _SAMPLE_CHUNK, drop_remainder=False).unbatch()
+        parts.append(ds.repeat() if repeat else ds)
+        weights.append(weight)
+    if len(parts) == 1:
+        return parts[0]
+    # Mixed per triplet, so every batch holds every sampler in proportion. A
+    # part whose pass is empty ends and the others carry on with their
+    # weights renormalised.
+    return tf.data.Dataset.sample_from_datasets(
+        parts, weights=weights,
+        seed=_derive_seed(seed, _pipeline_id(input_context), _JOINT)[0],
+        stop_on_empty_dataset=False)
+
+
+def make_triplet_dataset(file_pattern, sampler_config, batch_size, seed=0,
+                         input_context=None, num_classes=None,
+                         skip_corrupt=False, repeat=True):
+    """The training input: batches of triplet windows and their labels.
+
+    Usable directly or as the `dataset_fn` body of
+    `strategy.distribute_datasets_from_function`.
+
+    Args:
+      file_pattern: corpus directory, glob or comma-separated globs.
+      sampler_config: `SamplerConfig`.
+      batch_size: global batch in windows, a multiple of 3 (per replica too).
+      seed: int; one seed gives identical batches, another seed different
+        ones.
+      input_context: optional `tf.distribute.InputContext`: disjoint shards per
+        input pipeline and the per-replica batch size.
+      num_classes: vocabulary size for `supervised` (default: the manifest's).
+      skip_corrupt: skip corrupt shards and records (logged) instead of
+        raising.
+      repeat: repeat indefinitely (training) or make one pass.
+
+    Returns:
+      tf.data.Dataset of (windows float32 [B, 96, 64], labels) with the layout
+      in this module's docstring; labels int64 [B], or float32
+      [B, num_classes] for `supervised`.
+
+    Raises:
+      ValueError: on a bad batch size or config, or a supervised corpus with no
+        vocabulary.
+      FileNotFoundError: when no shard matches.
+    """
+    k = triplets_per_batch(batch_size, input_context)
+    sampler_config.validate()
+    name = sampler_config.sampler
+    if name == "joint":
+        triplets = make_triplets(file_pattern, sampler_config, seed=seed,
+                                 input_context=input_context,
+                                 skip_corrupt=skip_corrupt, repeat=repeat)
+        ds = batch_triplets(triplets, k)
+    else:
+        if name == "supervised":
+            num_classes = _resolve_num_classes(file_pattern, num_classes)
+        # Sampled a batch at a time: the triplets of a batch come out of one
+        # vectorised sampler call, already in place.
+        ds = _sampler_batches(name, sampler_config, file_pattern, seed,
+                              input_context, num_classes, skip_corrupt, k,
+                              drop_remainder=True)
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.map(_triplet_batch_to_windows,
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options)

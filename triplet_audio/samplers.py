@@ -1,0 +1,521 @@
+"""Triplet samplers of the paper (section 3.2) as pure TensorFlow functions.
+
+Two layers, both usable eagerly and inside `tf.data.Dataset.map`:
+
+* Augmentation ops on log-mel windows `[..., T, F]` (T, F = 96, 64)
+  (`noise_positive`, `translation_positive`, `mixing_positive`,
+  `proximity_partners`, `choose_class`). Every random op is stateless and
+  takes an explicit `seed` (int32/int64 `[2]`), so the same seed gives the same
+  result eagerly and in a traced `Dataset.map`, on any machine.
+* Sampler functions `dict -> dict` (`noise_sampler`, `translation_sampler`,
+  `mixing_sampler`, `proximity_sampler`, `supervised_sampler`): each takes k
+  *pairs* of stream elements (the input pipeline groups its shuffled stream
+  two by two, so the second element of a pair is a random other example; no
+  corpus is held in memory) and returns a batch of k triplets: a dict with
+  the keys `ANCHOR`, `POSITIVE`, `NEGATIVE`, `LABELS`, `SAMPLER`,
+  `RECORDING_IDS` and `VALID`. They work on whole batches because a tf.data
+  map pays a fixed cost per op call: per-pair calls cost more than the
+  arithmetic (see benchmarks/bench_pipeline.py). `proximity_pair_valid` and
+  `supervised_pair_valid` say which pairs make a triplet; the pipeline keeps
+  only those.
+
+Energy-domain math: log-mels are `log(mel + LOG_OFFSET)`, so every
+augmentation that acts on energies works on `exp(logmel) - LOG_OFFSET`
+(clipped at 0, see `ENERGY_FLOOR`) and takes the log again afterwards.
+Translation only moves cells, so it works on log-mels directly (bit-exact),
+filling vacated bins with `log(LOG_OFFSET)`, which is zero energy.
+
+Labels (what the in-batch semi-hard miner treats as "same"):
+
+* noise, translation, mixing: anchor and positive carry the window id of the
+  source window (a stable 63-bit hash of recording id, chunk and window index);
+  the negative its own window id.
+* proximity: all three carry the hash of their recording id, so two windows of
+  one recording in a batch are never mined as each other's negatives.
+* supervised: float32 multi-hot `[num_classes]` per window.
+"""
+
+import math
+
+import tensorflow as tf
+
+from triplet_audio import constants as C
+from triplet_audio import flagdefs
+from triplet_audio import records
+
+# Keys of a window element of the flattened stream (see
+# pipeline.record_to_windows). Record-schema keys are reused where they mean
+# the same thing.
+LOGMEL = records.LOGMEL
+RECORDING_ID = records.RECORDING_ID
+LABELS = records.LABELS
+WINDOW_ID = "window_id"
+RECORDING_HASH = "recording_hash"
+START_TIME = "start_time"
+HAS_PARTNER = "has_partner"
+CLASS = "class"
+
+# Keys of a triplet dict.
+ANCHOR = "anchor"
+POSITIVE = "positive"
+NEGATIVE = "negative"
+SAMPLER = "sampler"
+RECORDING_IDS = "recording_ids"
+VALID = "valid"
+
+ZERO_ENERGY_LOGMEL = math.log(C.LOG_OFFSET)
+"""The log-mel value of a cell with zero energy."""
+
+ENERGY_FLOOR = C.LOG_OFFSET * 2.0 ** -20
+"""Energies at or below this (~1e-8, ten float32 ulps of LOG_OFFSET) are zero:
+they are what float32 rounding leaves of a zero-energy cell."""
+
+_HASH_BUCKETS = 2 ** 63 - 1
+
+
+def sampler_index(name):
+    """Index of a sampler name in `flagdefs.SAMPLERS` (the `SAMPLER` value)."""
+    return flagdefs.SAMPLERS.index(name)
+
+
+# ------------------------------------------------------------------ ids
+def window_id(recording_id, chunk_index, window_index):
+    """Stable 63-bit id of a window.
+
+    The string hashed is "window:<recording_id>#<chunk>#<index>"; the last two
+    fields are integers, so distinct windows give distinct strings whatever
+    the recording id contains, and the "window:" prefix keeps them apart from
+    `recording_hash` strings.
+
+    Args:
+      recording_id: string tensor (broadcast against `window_index`).
+      chunk_index: int tensor, the record's chunk index.
+      window_index: int tensor, window index within the chunk.
+
+    Returns:
+      int64 tensor in [0, 2**63 - 1).
+    """
+    key = tf.strings.join([
+        "window:", recording_id, "#",
+        tf.strings.as_string(tf.cast(chunk_index, tf.int64)), "#",
+        tf.strings.as_string(tf.cast(window_index, tf.int64))])
+    return tf.strings.to_hash_bucket_fast(key, _HASH_BUCKETS)
+
+
+def recording_hash(recording_id):
+    """Stable 63-bit id of a recording (all its chunks share it).
+
+    Args:
+      recording_id: string tensor.
+
+    Returns:
+      int64 tensor of the same shape.
+    """
+    return tf.strings.to_hash_bucket_fast(
+        tf.strings.join(["recording:", recording_id]), _HASH_BUCKETS)
+
+
+def element_seed(base_seed, index, salt=None):
+    """Derives the stateless seed of one stream element (a record or a batch).
+
+    Args:
+      base_seed: int `[2]` seed of the stream.
+      index: int scalar, the element's position (from `Dataset.enumerate`).
+      salt: optional int64 scalar mixed in as well (the pipeline passes a
+        window id, so a pass that restarts `enumerate` at 0 still draws fresh
+        randomness for different windows at the same position).
+
+    Returns:
+      int64 `[2]` seed.
+    """
+    seed = tf.random.experimental.stateless_fold_in(
+        tf.cast(base_seed, tf.int64), tf.cast(index, tf.int64))
+    if salt is not None:
+        seed = tf.random.experimental.stateless_fold_in(
+            seed, tf.cast(salt, tf.int64))
+    return seed
+
+
+def _sub_seed(seed, tag):
+    # One independent stream per random draw of an op, from the op's seed.
+    return tf.random.experimental.stateless_fold_in(seed, tag)
+
+
+# ---------------------------------------------------------- energy domain
+def logmel_to_energy(logmel):
+    """Linear mel energies from log-mels: `max(exp(x) - LOG_OFFSET, 0)`.
+
+    Energies below `ENERGY_FLOOR` are returned as exactly 0.
+    """
+    energy = tf.exp(logmel) - C.LOG_OFFSET
+    # exp(log(0 + offset)) comes back within a float32 ulp (~1e-9) of the
+    # offset, on either side. Without the floor a silent (zero-padded) window
+    # would have a tiny nonzero total energy made of rounding noise, and the
+    # mixing sampler would divide by it and add that noise, rescaled to
+    # alpha * E(x_a), to the positive.
+    return tf.where(energy > ENERGY_FLOOR, energy, tf.zeros_like(energy))
+
+
+def energy_to_logmel(energy):
+    """Log-mels from linear mel energies: `log(energy + LOG_OFFSET)`."""
+    return tf.math.log(energy + C.LOG_OFFSET)
+
+
+# ------------------------------------------------------------------- ops
+def noise_positive(logmel, seed, sigma):
+    """Gaussian-noise positive: `x_tf * (1 + |eps_tf|)` in the energy domain.
+
+    Args:
+      logmel: float32 `[..., T, F]` log-mel window(s).
+      seed: int `[2]` stateless seed.
+      sigma: standard deviation of eps ~ N(0, sigma^2).
+
+    Returns:
+      float32 tensor like `logmel`.
+    """
+    logmel = tf.convert_to_tensor(logmel, tf.float32)
+    eps = tf.random.stateless_normal(tf.shape(logmel), seed, stddev=sigma,
+                                     dtype=tf.float32)
+    return energy_to_logmel(logmel_to_energy(logmel) * (1.0 + tf.abs(eps)))
+
+
+def translation_shifts(seed, max_shift, shape=()):
+    """The shifts `translation_positive` draws for a seed.
+
+    Args:
+      seed: int `[2]` stateless seed.
+      max_shift: S, the largest frequency shift in bins.
+      shape: shape of the shifts: the leading dimensions of the windows.
+
+    Returns:
+      (time_shift, freq_shift): int32 tensors of `shape`, time uniform in
+      [0, T - 1], frequency uniform in [-S, S].
+    """
+    time_shift = tf.random.stateless_uniform(
+        shape, _sub_seed(seed, 1), minval=0, maxval=C.WINDOW_FRAMES,
+        dtype=tf.int32)
+    freq_shift = tf.random.stateless_uniform(
+        shape, _sub_seed(seed, 2), minval=-max_shift, maxval=max_shift + 1,
+        dtype=tf.int32)
+    return time_shift, freq_shift
+
+
+def translate(logmel, time_shift, freq_shift, max_shift):
+    """Circular time shift, then truncated frequency shift with zero energy.
+
+    Output cell `[t, f]` of each window is its input cell
+    `[(t - time_shift) mod T, f - freq_shift]`, or `ZERO_ENERGY_LOGMEL` where
+    `f - freq_shift` falls outside `[0, F)` (as `np.roll` along time, then a
+    shift along frequency).
+
+    Args:
+      logmel: float32 `[..., T, F]`.
+      time_shift: int tensor of the leading shape `[...]`, in [0, T).
+      freq_shift: int tensor of the leading shape, in [-max_shift, max_shift].
+      max_shift: the bound on `|freq_shift|` (sizes the padding).
+
+    Returns:
+      float32 `[..., T, F]`.
+    """
+    logmel = tf.convert_to_tensor(logmel, tf.float32)
+    shape = tf.shape(logmel)
+    x = tf.reshape(logmel, (-1,) + C.WINDOW_SHAPE)
+    time_shift = tf.reshape(tf.cast(time_shift, tf.int32), [-1, 1])
+    freq_shift = tf.reshape(tf.cast(freq_shift, tf.int32), [-1, 1])
+    # Gathers with per-window index maps: exact (values are only moved) and
+    # one op for a whole batch of windows, each with its own shifts.
+    frames = tf.range(C.WINDOW_FRAMES)[None, :]
+    x = tf.gather(x, (frames - time_shift) % C.WINDOW_FRAMES, axis=1,
+                  batch_dims=1)
+    x = tf.pad(x, [[0, 0], [0, 0], [max_shift, max_shift]],
+               constant_values=ZERO_ENERGY_LOGMEL)
+    bands = tf.range(C.NUM_MEL_BANDS)[None, :]
+    x = tf.gather(x, max_shift - freq_shift + bands, axis=2, batch_dims=1)
+    out = tf.reshape(x, shape)
+    return tf.ensure_shape(out, logmel.shape)
+
+
+def translation_positive(logmel, seed, max_shift):
+    """Time/frequency translation positive, shifts drawn from `seed`.
+
+    Args:
+      logmel: float32 `[..., T, F]`; each window gets its own shifts.
+      seed: int `[2]` stateless seed.
+      max_shift: S, the largest frequency shift in bins.
+
+    Returns:
+      float32 `[..., T, F]`.
+    """
+    logmel = tf.convert_to_tensor(logmel, tf.float32)
+    time_shift, freq_shift = translation_shifts(seed, max_shift,
+                                                tf.shape(logmel)[:-2])
+    return translate(logmel, time_shift, freq_shift, max_shift)
+
+
+def mixing_positive(anchor, negative, alpha):
+    """Example-mixing positive `x_a + alpha * E(x_a) / E(x_n) * x_n` (energies).
+
+    Args:
+      anchor: float32 `[..., T, F]` log-mels of x_a.
+      negative: float32 `[..., T, F]` log-mels of x_n (same shape).
+      alpha: mixing weight.
+
+    Returns:
+      float32 `[..., T, F]` log-mels. A silent negative (E(x_n) = 0) adds
+      nothing, so the positive is the anchor (in the energy domain).
+    """
+    e_a = logmel_to_energy(tf.convert_to_tensor(anchor, tf.float32))
+    e_n = logmel_to_energy(tf.convert_to_tensor(negative, tf.float32))
+    # float32 totals are enough: the tree reduction's relative error (~1e-6)
+    # moves the positive's log-mels by ~1e-7.
+    total_a = tf.reduce_sum(e_a, axis=[-2, -1], keepdims=True)
+    total_n = tf.reduce_sum(e_n, axis=[-2, -1], keepdims=True)
+    scale = alpha * tf.math.divide_no_nan(total_a, total_n)
+    return energy_to_logmel(e_a + scale * e_n)
+
+
+def proximity_partners(start_times, seed, dt):
+    """Draws a temporal-proximity positive for every window of a record.
+
+    The partner of window i is uniform among the other windows j of the record
+    with `|t_i - t_j| < dt`.
+
+    Args:
+      start_times: float32 `[W]` window start times (seconds).
+      seed: int `[2]` stateless seed.
+      dt: the proximity bound in seconds (may be inf).
+
+    Returns:
+      (partner, has_partner): int32 `[W]` index of the partner of each window
+      (meaningless where it has none) and bool `[W]`.
+    """
+    t = tf.convert_to_tensor(start_times, tf.float32)
+    n = tf.shape(t)[0]
+    distance = tf.abs(t[:, None] - t[None, :])
+    allowed = tf.logical_and(distance < dt,
+                             tf.logical_not(tf.eye(n, dtype=tf.bool)))
+    # argmax of iid uniforms restricted to the allowed set is uniform on it.
+    uniform = tf.random.stateless_uniform([n, n], seed, dtype=tf.float32)
+    score = tf.where(allowed, uniform, -1.0)
+    partner = tf.argmax(score, axis=1, output_type=tf.int32)
+    return partner, tf.reduce_any(allowed, axis=1)
+
+
+def choose_class(multi_hot, seed):
+    """Draws one class uniformly among each window's labels.
+
+    Args:
+      multi_hot: float32 `[..., C]`.
+      seed: int `[2]` stateless seed.
+
+    Returns:
+      int64 `[...]` class index, -1 for an unlabelled window.
+    """
+    multi_hot = tf.convert_to_tensor(multi_hot, tf.float32)
+    labelled = multi_hot > 0
+    score = tf.where(labelled,
+                     tf.random.stateless_uniform(tf.shape(multi_hot), seed),
+                     -1.0)
+    best = tf.argmax(score, axis=-1, output_type=tf.int64)
+    return tf.where(tf.reduce_any(labelled, axis=-1), best,
+                    tf.constant(-1, tf.int64))
+
+
+# ------------------------------------------------------------- samplers
+def _pick(values, index):
+    # values [k, 2, ...], index [k] in {0, 1} -> values[i, index[i]].
+    return tf.gather(values, index, axis=1, batch_dims=1)
+
+
+def _sampler_ids(name, like):
+    return tf.fill(tf.shape(like)[:1], tf.constant(sampler_index(name),
+                                                   tf.int32))
+
+
+def _augmentation_triplets(pairs, positive, name):
+    # Window 0 of each pair is the anchor, window 1 (a random other example)
+    # the negative.
+    ids = pairs[WINDOW_ID]
+    rid = pairs[RECORDING_ID]
+    return {
+        ANCHOR: pairs[LOGMEL][:, 0],
+        POSITIVE: positive,
+        NEGATIVE: pairs[LOGMEL][:, 1],
+        LABELS: tf.stack([ids[:, 0], ids[:, 0], ids[:, 1]], axis=1),
+        SAMPLER: _sampler_ids(name, ids),
+        RECORDING_IDS: tf.stack([rid[:, 0], rid[:, 0], rid[:, 1]], axis=1),
+        VALID: tf.ones_like(ids[:, 0], dtype=tf.bool),
+    }
+
+
+def noise_sampler(pairs, seed, sigma):
+    """Gaussian-noise triplets from pairs of windows.
+
+    Args:
+      pairs: window dicts stacked as k pairs: `LOGMEL` `[k, 2, T, F]`,
+        `WINDOW_ID` `[k, 2]`, `RECORDING_ID` `[k, 2]`. Window 0 of a pair is
+        the anchor, window 1 the negative.
+      seed: int `[2]` stateless seed (of the whole batch).
+      sigma: noise standard deviation.
+
+    Returns:
+      triplet batch dict: `ANCHOR`, `POSITIVE`, `NEGATIVE` `[k, T, F]`,
+      `LABELS` int64 `[k, 3]`, `SAMPLER` int32 `[k]`, `RECORDING_IDS` `[k, 3]`,
+      `VALID` bool `[k]`.
+    """
+    return _augmentation_triplets(
+        pairs, noise_positive(pairs[LOGMEL][:, 0], seed, sigma), "noise")
+
+
+def translation_sampler(pairs, seed, max_shift):
+    """Time/frequency translation triplets from pairs of windows.
+
+    Args:
+      pairs: k pairs of windows, as for `noise_sampler`.
+      seed: int `[2]` stateless seed (of the whole batch).
+      max_shift: S, the largest frequency shift in bins.
+
+    Returns:
+      triplet batch dict, as for `noise_sampler`.
+    """
+    return _augmentation_triplets(
+        pairs, translation_positive(pairs[LOGMEL][:, 0], seed, max_shift),
+        "translation")
+
+
+def mixing_sampler(pairs, seed, alpha):
+    """Example-mixing triplets: window 0 of a pair is x_a, window 1 is x_n.
+
+    Args:
+      pairs: k pairs of windows, as for `noise_sampler`.
+      seed: unused (mixing is deterministic); kept so every sampler has the
+        signature `(pairs, seed, ...)`.
+      alpha: mixing weight.
+
+    Returns:
+      triplet batch dict, as for `noise_sampler`; the positive carries x_a's
+      window id.
+    """
+    del seed
+    return _augmentation_triplets(
+        pairs, mixing_positive(pairs[LOGMEL][:, 0], pairs[LOGMEL][:, 1],
+                               alpha), "mixing")
+
+
+def proximity_pair_valid(pairs):
+    """Whether a pair of proximity elements makes a triplet.
+
+    Args:
+      pairs: proximity elements stacked by two along the last leading axis
+        (`HAS_PARTNER` `[..., 2]`, `RECORDING_ID` `[..., 2]`).
+
+    Returns:
+      bool `[...]`: at least one element has a partner and the two come from
+      different recordings.
+    """
+    rid = pairs[RECORDING_ID]
+    return tf.logical_and(tf.reduce_any(pairs[HAS_PARTNER], axis=-1),
+                          tf.not_equal(rid[..., 0], rid[..., 1]))
+
+
+def proximity_sampler(pairs, seed=None):
+    """Temporal-proximity triplets from pairs of proximity elements.
+
+    A proximity element (see `pipeline.record_to_proximity_elements`) holds a
+    window and a partner from its record (`LOGMEL` `[2, T, F]`), `HAS_PARTNER`
+    and its recording's id and hash. In each pair, the first element with a
+    partner gives anchor and positive; the first window of the other element
+    is the negative. So a window without a partner (a single-window record, or
+    no other window within dt) is never an anchor but can still be a
+    negative.
+
+    Args:
+      pairs: k pairs of proximity elements (`LOGMEL` `[k, 2, 2, T, F]`,
+        `HAS_PARTNER` `[k, 2]`, `RECORDING_ID` `[k, 2]`, `RECORDING_HASH`
+        `[k, 2]`).
+      seed: unused (the partners were drawn per record upstream).
+
+    Returns:
+      triplet batch dict (labels are recording hashes); `VALID` is
+      `proximity_pair_valid`.
+    """
+    del seed
+    a = tf.where(pairs[HAS_PARTNER][:, 0], 0, 1)
+    n = 1 - a
+    chosen = _pick(pairs[LOGMEL], a)  # [k, 2, T, F]: window and partner
+    rid = pairs[RECORDING_ID]
+    rhash = pairs[RECORDING_HASH]
+    rid_a, rid_n = _pick(rid, a), _pick(rid, n)
+    hash_a, hash_n = _pick(rhash, a), _pick(rhash, n)
+    return {
+        ANCHOR: chosen[:, 0],
+        POSITIVE: chosen[:, 1],
+        NEGATIVE: _pick(pairs[LOGMEL][:, :, 0], n),
+        LABELS: tf.stack([hash_a, hash_a, hash_n], axis=1),
+        SAMPLER: _sampler_ids("proximity", rhash),
+        RECORDING_IDS: tf.stack([rid_a, rid_a, rid_n], axis=1),
+        VALID: proximity_pair_valid(pairs),
+    }
+
+
+def _supervised_shares(labels):
+    # labels [..., 2, 2, C]: does each window of pair 1 share a class with the
+    # anchor (window 0 of pair 0)?
+    anchor = labels[..., 0, 0, :]
+    return tf.reduce_sum(labels[..., 1, :, :] * anchor[..., None, :],
+                         axis=-1) > 0
+
+
+def supervised_pair_valid(pairs):
+    """Whether two same-class window pairs make a supervised triplet.
+
+    Args:
+      pairs: same-class pairs stacked by two (`LABELS` float32 multi-hot
+        `[..., 2, 2, C]`).
+
+    Returns:
+      bool `[...]`: anchor and positive share a class and a window of the
+      second pair shares none with the anchor.
+    """
+    labels = pairs[LABELS]
+    same_class = tf.reduce_sum(labels[..., 0, 0, :] * labels[..., 0, 1, :],
+                               axis=-1) > 0
+    return tf.logical_and(
+        same_class,
+        tf.logical_not(tf.reduce_all(_supervised_shares(labels), axis=-1)))
+
+
+def supervised_sampler(pairs, seed=None):
+    """Supervised triplets from two same-class window pairs each.
+
+    Pair 0 is two windows that share a class (anchor, positive); the negative
+    is the first window of pair 1 that shares no class with the anchor. "No
+    class", not just "not the pair's class": the loss calls two windows
+    positives when they share any label, so a negative that shared one with
+    the anchor would be a positive to the miner.
+
+    Args:
+      pairs: k pairs of same-class pairs (`LOGMEL` `[k, 2, 2, T, F]`,
+        `LABELS` float32 multi-hot `[k, 2, 2, C]`, `RECORDING_ID`
+        `[k, 2, 2]`).
+      seed: unused (the class was drawn per window upstream).
+
+    Returns:
+      triplet batch dict with multi-hot `LABELS` `[k, 3, C]`; `VALID` is
+      `supervised_pair_valid`.
+    """
+    del seed
+    labels = pairs[LABELS]
+    n = tf.where(_supervised_shares(labels)[:, 0], 1, 0)
+    rid = pairs[RECORDING_ID]
+    return {
+        ANCHOR: pairs[LOGMEL][:, 0, 0],
+        POSITIVE: pairs[LOGMEL][:, 0, 1],
+        NEGATIVE: _pick(pairs[LOGMEL][:, 1], n),
+        LABELS: tf.stack([labels[:, 0, 0], labels[:, 0, 1],
+                          _pick(labels[:, 1], n)], axis=1),
+        SAMPLER: _sampler_ids("supervised", n),
+        RECORDING_IDS: tf.stack([rid[:, 0, 0], rid[:, 0, 1],
+                                 _pick(rid[:, 1], n)], axis=1),
+        VALID: supervised_pair_valid(pairs),
+    }
