@@ -105,3 +105,11 @@ def evaluate_main():
         "%s mAP %.3f" % (part, results[part]["map"])
         for part in evaluation.ALL_PARTS if part in results))
     return 0
+
+
+def inspect_main():
+    """bin/inspect_triplets."""
+    args = flagdefs.inspect_args_from_flags()
+    from triplet_audio import inspect_triplets
+    inspect_triplets.inspect(**args)
+    return 0

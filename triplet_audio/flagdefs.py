@@ -73,9 +73,9 @@ MODELS = constants.MODEL_NAMES
 @_once
 def define_train_flags():
     """Flags of bin/train (the sampler flags come from define_sampler_flags)."""
-    flags.DEFINE_string("train_data", None,
-                        "Training corpus: a corpus directory, a shard glob or "
-                        "comma-separated globs.")
+    _define_if_missing(flags.DEFINE_string, "train_data", None,
+                       "Training corpus: a corpus directory, a shard glob or "
+                       "comma-separated globs.")
     _define_model_dir()
     flags.DEFINE_enum("model", "resnet50", MODELS, "Embedding network.")
     flags.DEFINE_integer("embedding_size", 128, "Embedding dimension.",
@@ -582,3 +582,26 @@ def demo_config_from_flags():
         progress_every=FLAGS.progress_every,
         dry_run=FLAGS.dry_run)
     return config.validate()
+
+
+# ------------------------------------------------------- triplet inspection
+@_once
+def define_inspect_flags():
+    """Flags of bin/inspect_triplets (plus the sampler flags)."""
+    _define_if_missing(flags.DEFINE_string, "train_data", None,
+                       "Corpus to sample from: directory, glob or "
+                       "comma-separated globs.")
+    _define_if_missing(flags.DEFINE_string, "output", None,
+                       "PNG file to write.")
+    flags.DEFINE_integer("num_triplets", 6, "Triplets (rows) in the grid.",
+                         lower_bound=1)
+
+
+def inspect_args_from_flags():
+    """Keyword arguments of `inspect_triplets.inspect` from the flags."""
+    for name in ("train_data", "output"):
+        if not getattr(FLAGS, name):
+            raise ValueError("--%s: required" % name)
+    return {"file_pattern": FLAGS.train_data, "output": FLAGS.output,
+            "sampler_config": sampler_config_from_flags(),
+            "num_triplets": FLAGS.num_triplets, "seed": FLAGS.seed}

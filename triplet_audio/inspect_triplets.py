@@ -121,3 +121,27 @@ def save_triplet_grid(dataset_or_batch, path, num_triplets=6, sampler=None):
     fig.savefig(path, format="png")
     logging.info("wrote %d triplets to %s", rows, path)
     return rows
+
+
+def inspect(file_pattern, output, sampler_config, num_triplets=6, seed=0):
+    """Samples `num_triplets` triplets from a corpus and writes their grid.
+
+    Args:
+      file_pattern: corpus directory, glob or comma-separated globs.
+      output: PNG path.
+      sampler_config: `pipeline.SamplerConfig`.
+      num_triplets: rows of the grid.
+      seed: pipeline seed.
+
+    Returns:
+      the PNG path.
+    """
+    from triplet_audio import pipeline  # pylint: disable=g-import-not-at-top
+    dataset = pipeline.make_triplet_dataset(
+        file_pattern, sampler_config, 3 * num_triplets, seed=seed,
+        repeat=False)
+    path = save_triplet_grid(dataset, output, num_triplets=num_triplets,
+                             sampler=sampler_config.sampler)
+    logging.info("wrote %d %s triplets to %s", num_triplets,
+                 sampler_config.sampler, output)
+    return path or output
