@@ -1,5 +1,6 @@
 """Tests of the paper's evaluation protocol (triplet_audio/evaluation.py)."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -274,3 +275,23 @@ def test_evaluate_rejects_incompatible_sets():
         ev.evaluate(train, other, ev.EvaluationConfig(parts=["qbe"]))
     with pytest.raises(ValueError, match="unknown"):
         ev.EvaluationConfig(parts=["qbe", "resnet"])
+
+
+def test_align_vocabularies_reindexes_onto_the_union():
+    labels_a = np.array([[1, 0], [0, 1], [1, 1]], np.uint8)   # [cat, dog]
+    labels_b = np.array([[1, 0], [0, 1]], np.uint8)           # [bird, dog]
+    a = make_set(labels_a, seed=1)
+    b = make_set(labels_b, seed=2)
+    a = dataclasses.replace(a, class_names=np.array(["cat", "dog"]))
+    b = dataclasses.replace(b, class_names=np.array(["bird", "dog"]),
+                            segment_ids=np.array(["x0", "x1"]))
+    a2, b2 = ev.align_vocabularies(a, b)
+    assert a2.class_names.tolist() == ["bird", "cat", "dog"]
+    assert b2.class_names.tolist() == ["bird", "cat", "dog"]
+    # Each segment keeps exactly its named classes.
+    np.testing.assert_array_equal(a2.labels, [[0, 1, 0], [0, 0, 1],
+                                              [0, 1, 1]])
+    np.testing.assert_array_equal(b2.labels, [[1, 0, 0], [0, 0, 1]])
+    # Identical vocabularies come back untouched.
+    same_a, same_b = ev.align_vocabularies(a, a)
+    assert same_a is a and same_b is a

@@ -635,6 +635,40 @@ class EvaluationConfig:
         return 4 if representation == LOGMEL_REPRESENTATION else 1
 
 
+def align_vocabularies(train_set, eval_set):
+    """Re-indexes both sets' labels onto the sorted union of their classes.
+
+    Train and eval corpora extracted from different label files get
+    vocabularies of their own (each sorted); a class present in only one of
+    them is still a class of the evaluation (the other side has no segment
+    with it). Sets with identical vocabularies are returned unchanged.
+
+    Args:
+      train_set: training `EmbeddingSet`.
+      eval_set: held-out `EmbeddingSet`.
+
+    Returns:
+      (train_set, eval_set) sharing one `class_names`.
+    """
+    if np.array_equal(train_set.class_names, eval_set.class_names):
+        return train_set, eval_set
+    union = np.asarray(sorted(set(train_set.class_names.tolist()) |
+                              set(eval_set.class_names.tolist())))
+    logging.warning("class vocabularies differ (%d train, %d eval classes); "
+                    "evaluating on their union of %d",
+                    len(train_set.class_names), len(eval_set.class_names),
+                    len(union))
+    index = {name: i for i, name in enumerate(union.tolist())}
+
+    def remap(emb_set):
+        labels = np.zeros((emb_set.labels.shape[0], len(union)), np.uint8)
+        cols = [index[name] for name in emb_set.class_names.tolist()]
+        labels[:, cols] = emb_set.labels
+        return dataclasses.replace(emb_set, labels=labels, class_names=union)
+
+    return remap(train_set), remap(eval_set)
+
+
 def check_compatible(train_set, eval_set, allow_segment_overlap=False):
     """Raises ValueError unless the two sets can be evaluated together.
 
@@ -689,6 +723,7 @@ def evaluate(train_set, eval_set, config=None):
       {map, per_class, ...}, "fewshot" {map, std, maps, ...}.
     """
     config = config or EvaluationConfig()
+    train_set, eval_set = align_vocabularies(train_set, eval_set)
     check_compatible(train_set, eval_set, config.allow_segment_overlap)
     results = {
         "representation": eval_set.representation,
