@@ -43,6 +43,11 @@ setup(
         "tensorboard>=2.20,<2.22",
     ],
     extras_require={
-        "test": ["pytest>=8,<10"],
+        # Beam runners for bin/extract_features (--runner=DirectRunner, ...).
+        "beam": ["apache-beam>=2.69,<3"],
+        # The same, plus what DataflowRunner needs to submit a job.
+        "dataflow": ["apache-beam[gcp]>=2.69,<3"],
+        # Beam too, so that CI runs the Beam-vs-local extraction tests.
+        "test": ["pytest>=8,<10", "apache-beam>=2.69,<3"],
     },
 )

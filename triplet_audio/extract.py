@@ -13,8 +13,10 @@ The library behind bin/extract_features, in layers a Beam pipeline can reuse:
   write_shard(task)                   one shard's files -> its .tfrecord and
                                       .json summary, renamed into place
                                       atomically
-  run(config)                         the local runner: worker processes,
-                                      resume, progress, manifest.json
+  run(config)                         plan, resume, run the shards with
+                                      the local runner (worker processes)
+                                      or a Beam runner (`extract_beam`),
+                                      then write manifest.json
   main(make_config)                   the binary's single call: exit code
 
 Output layout and record schema are those of `records`. File i of the sorted
@@ -69,6 +71,13 @@ class ExtractError(ValueError):
     """A config or input extraction cannot use; the message names the field."""
 
 
+class RunnerError(RuntimeError):
+    """The runner failed as a whole (e.g. a Beam job failed).
+
+    Never raised for a bad input file: those are reported in the manifest.
+    """
+
+
 @dataclasses.dataclass(frozen=True)
 class ExtractConfig:
     """What to extract and how; validated on construction.
@@ -88,8 +97,12 @@ class ExtractConfig:
         (True) or skip them (False).
       extensions: file extensions picked up from a directory input, lower
         case without dots; a comma-separated string is accepted.
-      runner: 'local' (worker processes on this machine); Apache Beam
-        runners are not available yet.
+      runner: 'local' (worker processes on this machine), or the name of an
+        Apache Beam runner (DirectRunner, DataflowRunner, FlinkRunner,
+        SparkRunner, ...; needs the `beam` extra, see `extract_beam`).
+      beam_pipeline_options: Beam pipeline options for a Beam runner, each
+        '--name=value' (or '--flag'); a comma-separated string is accepted.
+        Must be empty for the local runner.
     """
 
     input: str
@@ -100,6 +113,7 @@ class ExtractConfig:
     pad_short: bool = True
     extensions: tuple = audio_io.AUDIO_EXTENSIONS
     runner: str = LOCAL_RUNNER
+    beam_pipeline_options: tuple = ()
 
     def __post_init__(self):
         for name in ("input", "output_dir", "runner"):
@@ -121,7 +135,20 @@ class ExtractConfig:
         if not extensions:
             raise ValueError("extensions: need at least one file extension, "
                              "got %r" % (self.extensions,))
+        options = self.beam_pipeline_options
+        if isinstance(options, str):
+            options = options.split(",")
+        options = tuple(o.strip() for o in options if o.strip())
+        for option in options:
+            if not option.startswith("--"):
+                raise ValueError("beam_pipeline_options: expected "
+                                 "--name=value items, got %r" % option)
+        if options and self.runner == LOCAL_RUNNER:
+            # Most likely a forgotten --runner: say so rather than ignore them.
+            raise ValueError("beam_pipeline_options: only used with a Beam "
+                             "--runner, not %r" % LOCAL_RUNNER)
         # Frozen dataclass: normalised values are set through object.
+        object.__setattr__(self, "beam_pipeline_options", options)
         object.__setattr__(self, "extensions", extensions)
         object.__setattr__(self, "num_shards", int(self.num_shards))
         object.__setattr__(self, "workers", int(self.workers))
@@ -601,10 +628,10 @@ def _fsync_file(path):
         os.fsync(f.fileno())
 
 
-def write_shard(task, progress=None):
+def write_shard(task, progress=None, temp_suffix=records.TEMP_SUFFIX):
     """Extracts one shard's files and commits the shard atomically.
 
-    Writes `<shard>.tfrecord` + TEMP_SUFFIX and `<shard>.json` + TEMP_SUFFIX
+    Writes `<shard>.tfrecord` + temp_suffix and `<shard>.json` + temp_suffix
     (overwriting leftovers of a killed run), then renames the summary and
     last the TFRecord into place. The TFRecord is the commit point: readers
     (`records.list_shards`) and the resume check key on it, and whenever it
@@ -614,12 +641,16 @@ def write_shard(task, progress=None):
     Args:
       task: `ShardTask`.
       progress: optional callable given each `FileResult` as it completes.
+      temp_suffix: suffix of the temporary names; it must end with
+        `records.TEMP_SUFFIX` so that readers never list them. A runner that
+        may run two attempts of a shard at once (Beam) makes it unique per
+        attempt.
 
     Returns:
       the shard's summary dict (as written to its JSON file).
     """
-    shard_tmp = task.shard_path + records.TEMP_SUFFIX
-    summary_tmp = task.summary_path + records.TEMP_SUFFIX
+    shard_tmp = task.shard_path + temp_suffix
+    summary_tmp = task.summary_path + temp_suffix
     results = []
     with tf.io.TFRecordWriter(shard_tmp) as writer:
         for serialized, result in process_files(task.items, task.pad_short):
@@ -859,8 +890,29 @@ def _manifest(config, classes, summaries):
     }
 
 
+def _beam_module():
+    """`extract_beam`, or an ExtractError saying how to install Beam."""
+    try:
+        # Imported only for a Beam runner: apache-beam is an optional extra
+        # and importing it costs seconds.
+        from triplet_audio import extract_beam  # pylint: disable=g-import-not-at-top
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] != "apache_beam":
+            raise
+        raise ExtractError(
+            "runner: Beam runners need Apache Beam, which is not installed: "
+            "pip install 'triplet-audio[beam]' (or use --runner=%s)" %
+            LOCAL_RUNNER) from e
+    return extract_beam
+
+
 def run(config, progress_seconds=PROGRESS_SECONDS):
-    """Extracts a corpus with the local runner, resuming a killed run.
+    """Extracts a corpus, resuming a killed run.
+
+    Shards are written by worker processes on this machine, or with
+    `config.runner` naming a Beam runner, by a Beam pipeline
+    (`extract_beam.BeamShardWriter`); planning, resume and the manifest are the
+    same for both, and so are the bytes written.
 
     Args:
       config: `ExtractConfig`.
@@ -873,16 +925,19 @@ def run(config, progress_seconds=PROGRESS_SECONDS):
       before the first file was done (worker start-up, TF tracing);
       `busy_seconds`: time workers spent writing shards, summed over
       workers. The timings stay out of manifest.json, which must not depend
-      on them.
+      on them; the last two are None with a Beam runner, whose workers are
+      out of sight.
 
     Raises:
       ExtractError: naming the field, for an unusable runner, input or
         output directory.
+      RunnerError: the Beam job failed.
     """
+    beam_runner = None
     if config.runner != LOCAL_RUNNER:
-        raise ExtractError(
-            "runner: %r: Beam runner not available yet; use --runner=%s" %
-            (config.runner, LOCAL_RUNNER))
+        # Checked before anything is written: a typo in the runner name
+        # must not leave an output directory behind.
+        beam_runner = _beam_module().BeamShardWriter(config)
     items, classes = discover_inputs(config.input, config.extensions)
     tasks = make_shard_tasks(items, config.num_shards, config.pad_short,
                              config.output_dir)
@@ -905,6 +960,13 @@ def run(config, progress_seconds=PROGRESS_SECONDS):
                 logging.warning("replacing %s (not from these inputs, or "
                                 "incomplete)", path)
                 os.remove(path)
+    if beam_runner is not None:
+        start = time.monotonic()
+        summaries.update(beam_runner.write_shards(pending))
+        return _finish(config, classes, tasks, summaries, dict(
+            resumed_shards=len(tasks) - len(pending),
+            seconds=time.monotonic() - start, startup_seconds=None,
+            busy_seconds=None))
     workers = min(config.resolved_workers, len(pending))
     logging.info("extracting %d files into %d shards (%d to do) with %d "
                  "worker(s)", len(items), len(tasks), len(pending), workers)
@@ -916,6 +978,15 @@ def run(config, progress_seconds=PROGRESS_SECONDS):
         summaries.update(_run_local(pending, workers, progress))
     if pending:
         progress.log(force=True)
+    end = time.monotonic()
+    return _finish(config, classes, tasks, summaries, dict(
+        resumed_shards=len(tasks) - len(pending), seconds=end - progress.start,
+        startup_seconds=(progress.first_file or end) - progress.start,
+        busy_seconds=progress.busy_seconds))
+
+
+def _finish(config, classes, tasks, summaries, timings):
+    """Writes manifest.json and returns it merged with `timings`."""
     manifest = _manifest(config, classes,
                          [summaries[t.index] for t in tasks])
     manifest_path = os.path.join(config.output_dir, records.MANIFEST_NAME)
@@ -929,11 +1000,7 @@ def run(config, progress_seconds=PROGRESS_SECONDS):
         totals["files"], totals["records"], totals["windows"],
         totals["audio_seconds"], totals["failed"], totals["skipped"],
         records.MANIFEST_NAME, config.output_dir)
-    end = time.monotonic()
-    return dict(manifest, resumed_shards=len(tasks) - len(pending),
-                seconds=end - progress.start,
-                startup_seconds=(progress.first_file or end) - progress.start,
-                busy_seconds=progress.busy_seconds)
+    return dict(manifest, **timings)
 
 
 def exit_code(summary, strict):
@@ -983,5 +1050,8 @@ def main(make_config):
         return 2
     except futures_process.BrokenProcessPool as e:
         logging.error("a worker process died (out of memory?): %s", e)
+        return 1
+    except RunnerError as e:
+        logging.error("%s", e)
         return 1
     return exit_code(summary, config.strict)
