@@ -25,7 +25,13 @@ Batch layout (the loss relies on it):
            translation and mixing label a window by its source window id
            (`samplers.window_id`); proximity labels it by its recording
            (`samplers.recording_hash`), so two windows of one recording are
-           never mined as each other's negatives. joint mixes both kinds.
+           never mined as each other's negatives. joint, when proximity is
+           one of its parts, labels every window by its recording (the
+           positive by its anchor's): with window ids for some triplets and
+           recording ids for others, two windows of one recording would be
+           pulled together by a proximity triplet and pushed apart as
+           negatives of a noise triplet in the same batch. Without
+           proximity, joint keeps the window ids.
            supervised: float32 multi-hot [B, num_classes] ("positive" =
            shares a class).
 
@@ -275,6 +281,26 @@ def _triplet_batch_to_windows(batch):
     labels = batch[samplers.LABELS]
     labels = tf.reshape(labels, [-1] + labels.shape[2:].as_list())
     return windows, labels
+
+
+def label_by_recording(triplet):
+    """Relabels a triplet dict by recording: (anchor's, anchor's, negative's).
+
+    The positive takes its anchor's recording (a mixing positive carries the
+    negative's energy but is its anchor's example). See the layout above for
+    why joint needs this.
+
+    Args:
+      triplet: a `make_triplets` dict.
+
+    Returns:
+      the dict with int64 `LABELS` [3] replaced.
+    """
+    triplet = dict(triplet)
+    ids = triplet[samplers.RECORDING_IDS]
+    triplet[samplers.LABELS] = samplers.recording_hash(
+        tf.stack([ids[0], ids[0], ids[2]]))
+    return triplet
 
 
 def batch_triplets(triplets, num_triplets):
@@ -755,6 +781,9 @@ def make_triplet_dataset(file_pattern, sampler_config, batch_size, seed=0,
         triplets = make_triplets(file_pattern, sampler_config, seed=seed,
                                  input_context=input_context,
                                  skip_corrupt=skip_corrupt, repeat=repeat)
+        if sampler_config.joint_weights.get("proximity", 0) > 0:
+            triplets = triplets.map(label_by_recording,
+                                    num_parallel_calls=tf.data.AUTOTUNE)
         ds = batch_triplets(triplets, k)
     else:
         if name == "supervised":

@@ -337,6 +337,11 @@ def train(config):
     if start_step >= config.steps:
         logging.info("already trained to step %d >= --steps=%d; nothing to do",
                      start_step, config.steps)
+        # Keep the finished run's summary (its metrics and throughput).
+        previous = os.path.join(config.model_dir, SUMMARY_NAME)
+        if os.path.exists(previous):
+            with open(previous) as f:
+                return json.load(f)
         return _finish(config, start_step, {}, 0.0, interrupted=False,
                        write=is_chief)
 
@@ -354,8 +359,8 @@ def train(config):
 
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
     iterator = iter(dataset)
-    train_step = _make_train_step(config, strategy, model, optimizer,
-                                  step_var, bad_step)
+    train_step = make_train_step(config, strategy, model, optimizer,
+                                 step_var, bad_step)
 
     writer = (tf.summary.create_file_writer(
         os.path.join(config.model_dir, SUMMARY_SUBDIR)) if is_chief
@@ -369,7 +374,20 @@ def train(config):
     step = start_step
     with _StopFlag() as stop:
         while step < config.steps:
-            out = train_step(next(iterator))
+            try:
+                batch = next(iterator)
+            except (StopIteration, tf.errors.OutOfRangeError):
+                # A repeated pipeline ends only when a whole pass yields no
+                # batch: unusable input, not a crash.
+                raise ValueError(
+                    "--train_data=%s gives the %s sampler no batch of %d "
+                    "windows (proximity needs recordings with two windows "
+                    "less than --proximity_dt apart, supervised labelled "
+                    "windows of two classes); use more data or a smaller "
+                    "--batch_size" % (config.train_data,
+                                      config.sampler.sampler,
+                                      config.batch_size)) from None
+            out = train_step(batch)
             step += 1
             steps_since += 1
             boundary = (step % config.log_every == 0 or step == config.steps or
@@ -435,7 +453,36 @@ def _is_chief(strategy):
     return "chief" not in spec and task_type == "worker" and task_id == 0
 
 
-def _make_train_step(config, strategy, model, optimizer, step_var, bad_step):
+def make_train_step(config, strategy, model, optimizer, step_var=None,
+                    bad_step=None):
+    """The step `train` runs: forward, loss, backward, update (one tf.function).
+
+    Public so that benchmarks can time the real step on batches they make.
+
+    Args:
+      config: TrainConfig (margin, distance, mixed_precision, jit_compile).
+      strategy: the tf.distribute strategy `model` and `optimizer` were built
+        under.
+      model: the embedding model.
+      optimizer: from `make_optimizer`, built for the model's variables.
+      step_var: int64 variable counting steps (created when None).
+      bad_step: int64 variable set to the first step whose loss is not
+        finite, -1 until then (created when None).
+
+    Returns:
+      A function of a (windows [B, 96, 64], labels) batch, plain or from a
+      distributed dataset, returning the dict of the loss and mining metrics
+      averaged over replicas.
+    """
+    with strategy.scope():
+        if step_var is None:
+            step_var = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                   name="step")
+        if bad_step is None:
+            bad_step = tf.Variable(
+                -1, dtype=tf.int64, trainable=False,
+                name="first_nonfinite_step",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     replicas = strategy.num_replicas_in_sync
     fp16 = config.mixed_precision == "fp16"
 
