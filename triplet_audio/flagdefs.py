@@ -60,7 +60,14 @@ def define_extract_flags():
     flags.DEFINE_string(
         "runner", "local",
         "'local' (multiprocessing on this machine) or an Apache Beam runner "
-        "name (DirectRunner, DataflowRunner, ...).")
+        "name (DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, ...; "
+        "needs pip install 'triplet-audio[beam]').")
+    flags.DEFINE_list(
+        "beam_pipeline_options", [],
+        "Beam pipeline options for a Beam --runner, comma-separated, e.g. "
+        "'--project=P,--region=R,--temp_location=gs://B/tmp,"
+        "--setup_file=./setup.py'. Quote an item that holds a comma "
+        "(CSV rules).")
     flags.DEFINE_string(
         "extensions", ",".join(audio_io.AUDIO_EXTENSIONS),
         "Comma-separated file extensions picked up from a directory input.")
@@ -116,12 +123,31 @@ def define_train_flags():
     flags.DEFINE_enum(
         "strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
         "tf.distribute strategy: default (one device), mirrored (all local "
-        "GPUs), multi_worker (cluster from TF_CONFIG), tpu (needs --tpu).")
+        "GPUs, or --cpu_replicas CPU devices), multi_worker (every worker "
+        "runs the same command; the cluster comes from the TF_CONFIG "
+        "environment variable), tpu (needs --tpu). --batch_size is the "
+        "global batch, split evenly over the replicas. Under multi_worker "
+        "and tpu a SIGTERM to any worker checkpoints every worker at the "
+        "same step and stops them all (exit status 3).")
     flags.DEFINE_string("tpu", None,
-                        "TPU name or grpc:// address for --strategy=tpu.")
+                        "TPU for --strategy=tpu: 'local' on a TPU VM, else "
+                        "the TPU's name or grpc:// address.")
+    flags.DEFINE_enum(
+        "mining", "local", ["local", "global"],
+        "Where negatives are mined with several replicas: local (in each "
+        "replica's own share of the batch) or global (in the whole global "
+        "batch: embeddings and labels are all-gathered each step; loss and "
+        "gradients equal those of one device holding the global batch).")
+    flags.DEFINE_integer(
+        "cpu_replicas", 0,
+        "With --strategy=mirrored: split the CPU into N logical devices and "
+        "mirror over them (0: off), to try multi-replica training (e.g. "
+        "--mining=global) on a machine without accelerators. It shares the "
+        "same cores, so it is not faster.", lower_bound=0)
     flags.DEFINE_boolean("skip_corrupt", False,
                          "Skip corrupt shards/records (with a warning) instead "
                          "of stopping.")
+    define_tf_data_service_flag()
 
 
 def _define_model_dir():
@@ -363,7 +389,8 @@ def extract_config_from_flags():
         strict=FLAGS.strict,
         pad_short=FLAGS.pad_short,
         extensions=FLAGS.extensions,
-        runner=FLAGS.runner)
+        runner=FLAGS.runner,
+        beam_pipeline_options=tuple(FLAGS.beam_pipeline_options))
 
 
 # ------------------------------------------------------- embed / evaluate
@@ -451,8 +478,11 @@ def train_config_from_flags():
         jit_compile=FLAGS.jit_compile,
         strategy=FLAGS.strategy,
         tpu=FLAGS.tpu,
+        mining=FLAGS.mining,
+        cpu_replicas=FLAGS.cpu_replicas,
         seed=FLAGS.seed,
-        skip_corrupt=FLAGS.skip_corrupt)
+        skip_corrupt=FLAGS.skip_corrupt,
+        **tf_data_service_args_from_flags())
     return config.validate()
 
 
@@ -545,6 +575,11 @@ def define_demo_flags():
     flags.DEFINE_float("progress_every", default["progress_every"],
                        "Seconds between progress lines of a running stage.",
                        lower_bound=1.0)
+    flags.DEFINE_integer(
+        "jobs", default["jobs"],
+        "Stages run at the same time, each as soon as its inputs are "
+        "complete; 2 keeps both cores of a small CPU busy while one stage "
+        "waits on Python or start-up.", lower_bound=1)
     flags.DEFINE_boolean("dry_run", default["dry_run"],
                          "Only list the stages and their commands; run and "
                          "write nothing.")
@@ -580,6 +615,7 @@ def demo_config_from_flags():
         fewshot_per_class=FLAGS.fewshot_per_class,
         fewshot_draws=FLAGS.fewshot_draws,
         progress_every=FLAGS.progress_every,
+        jobs=FLAGS.jobs,
         dry_run=FLAGS.dry_run)
     return config.validate()
 
@@ -605,3 +641,106 @@ def inspect_args_from_flags():
     return {"file_pattern": FLAGS.train_data, "output": FLAGS.output,
             "sampler_config": sampler_config_from_flags(),
             "num_triplets": FLAGS.num_triplets, "seed": FLAGS.seed}
+
+
+# ------------------------------------------------------- tf.data service
+@_once
+def define_data_service_flags():
+    """Flags of bin/data_service (a tf.data service dispatcher or worker)."""
+    flags.DEFINE_enum(
+        "role", None, ["dispatcher", "worker", "both"],
+        "(Required.) What this process serves: the dispatcher that trainers "
+        "and workers connect to, a worker that runs input pipelines, or both "
+        "(a dispatcher and one worker, for a single machine).")
+    flags.DEFINE_integer(
+        "port", 0,
+        "Port of the dispatcher (--role=dispatcher or both) or of the worker "
+        "(--role=worker); 0 picks a free port. The bound address is logged.",
+        lower_bound=0, upper_bound=65535)
+    flags.DEFINE_string(
+        "dispatcher", None,
+        "host:port of the dispatcher this worker registers with "
+        "(--role=worker).")
+    flags.DEFINE_integer(
+        "worker_port", 0, "Port of the worker with --role=both; 0 picks a "
+        "free port.", lower_bound=0, upper_bound=65535)
+    flags.DEFINE_string(
+        "worker_host", None,
+        "Host name or address that trainers use to reach this worker; the "
+        "dispatcher hands it to them. Default: this machine's host name "
+        "(socket.gethostname()). Use localhost when everything runs on one "
+        "machine.")
+    flags.DEFINE_string(
+        "work_dir", None,
+        "Dispatcher state directory (a path every restart of the dispatcher "
+        "sees; any file system TensorFlow reads). Required with "
+        "--fault_tolerant.")
+    flags.DEFINE_boolean(
+        "fault_tolerant", False,
+        "Journal the dispatcher's state (registered pipelines, jobs, handed "
+        "out streams) to --work_dir before answering, so a restarted "
+        "dispatcher resumes its jobs.")
+
+
+@_once
+def define_tf_data_service_flag():
+    """Flags of a trainer reading its input from a tf.data service."""
+    # The default's one home is the library; imported here so that binaries
+    # without a trainer do not load TensorFlow to define their flags.
+    from triplet_audio import data_service  # pylint: disable=g-import-not-at-top
+    flags.DEFINE_string(
+        "tf_data_service", None,
+        "grpc://host:port of a tf.data service dispatcher (bin/data_service) "
+        "whose workers run the input pipeline; default: run it in this "
+        "process. The workers must read --train_data at the same path.")
+    flags.DEFINE_integer(
+        "tf_data_service_streams", data_service.DEFAULT_NUM_STREAMS,
+        "With --tf_data_service: independent pipeline streams (one seed "
+        "each) offered to the workers, so the most workers that contribute, "
+        "restarted ones included. The pipeline is built this many times at "
+        "start-up.", lower_bound=1)
+
+
+def data_service_args_from_flags():
+    """Keyword arguments of `data_service.serve` from the parsed flags.
+
+    Raises:
+      ValueError: naming the flag when a required one is missing or flags
+        contradict each other.
+    """
+    if FLAGS.role is None:
+        raise ValueError("--role: required (dispatcher, worker or both)")
+    if FLAGS.role == "worker" and not FLAGS.dispatcher:
+        raise ValueError("--dispatcher: required with --role=worker "
+                         "(host:port of the dispatcher)")
+    if FLAGS.role != "worker" and FLAGS.dispatcher:
+        raise ValueError("--dispatcher: only with --role=worker (got "
+                         "--role=%s)" % FLAGS.role)
+    if FLAGS.fault_tolerant and not FLAGS.work_dir:
+        raise ValueError("--work_dir: required with --fault_tolerant")
+    worker_host = FLAGS.worker_host
+    if worker_host is None and FLAGS.role != "dispatcher":
+        import socket  # pylint: disable=g-import-not-at-top
+        worker_host = socket.gethostname()
+    return {"role": FLAGS.role, "port": FLAGS.port,
+            "dispatcher_address": FLAGS.dispatcher,
+            "worker_port": FLAGS.worker_port, "worker_host": worker_host,
+            "work_dir": FLAGS.work_dir, "fault_tolerant": FLAGS.fault_tolerant}
+
+
+def tf_data_service_args_from_flags():
+    """The `training.TrainConfig` fields of the tf.data service flags.
+
+    Returns:
+      dict with tf_data_service (a validated "grpc://host:port", or None) and
+      tf_data_service_streams.
+
+    Raises:
+      ValueError: naming --tf_data_service on a malformed address.
+    """
+    address = FLAGS.tf_data_service or None
+    if address is not None:
+        from triplet_audio import data_service  # pylint: disable=g-import-not-at-top
+        address = data_service.parse_service_address(address)
+    return {"tf_data_service": address,
+            "tf_data_service_streams": FLAGS.tf_data_service_streams}

@@ -683,7 +683,7 @@ def _resolve_num_classes(file_pattern, num_classes):
     n = len(manifest.get("classes", []))
     if not n:
         raise ValueError("--sampler=supervised needs num_classes or a corpus "
-                         "manifest with a class vocabulary (%s)" % file_pattern)
+                         "manifest with a class vocabulary (%s)" % (file_pattern,))
     return n
 
 

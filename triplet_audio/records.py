@@ -229,7 +229,7 @@ def list_shards(file_pattern):
                      if not p.endswith((TEMP_SUFFIX, SUMMARY_SUFFIX)))
     paths = sorted(set(paths))
     if not paths:
-        raise FileNotFoundError("no TFRecord shards match %r" % file_pattern)
+        raise FileNotFoundError("no TFRecord shards match %r" % (file_pattern,))
     return paths
 
 

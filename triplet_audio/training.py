@@ -5,6 +5,24 @@ pipeline, restores the latest checkpoint in `config.model_dir` if there is one
 (so rerunning the same command resumes), and trains to `config.steps`,
 checkpointing every `checkpoint_every` steps, on SIGTERM/SIGINT, and at exit.
 
+Strategies ("default", "mirrored", "multi_worker", "tpu") share one loop. The
+global batch is split evenly over the replicas, each replica's share being a
+whole number of triplets (a valid mining batch). With `mining="local"` each
+replica mines negatives in its own share; with "global" in the whole global
+batch (`losses.cross_replica_semi_hard_triplet_loss`, where the gradient
+argument is written out).
+
+Preemption: under "default" and "mirrored" (one process) SIGTERM/SIGINT set
+a flag that the loop reads after each step: it checkpoints that step and
+returns `interrupted`. Under "multi_worker" and "tpu" a
+`tf.distribute.experimental.PreemptionCheckpointHandler` wraps each step: a
+signal on any one worker is relayed through the cluster's coordination
+service, every worker checkpoints at the same step, and all of them return
+`interrupted`, so restarting the job resumes from that step. All workers
+save (saving can involve collectives); the chief into `checkpoints/`, the
+others into scratch directories they delete straight after, and every worker
+restores from the chief's `checkpoints/`.
+
 A non-finite loss stops the run with `NonFiniteLossError` before the next
 checkpoint is written, so the last good checkpoint is never overwritten by a
 diverged model.
@@ -28,6 +46,7 @@ import keras
 import tensorflow as tf
 
 from triplet_audio import config_io
+from triplet_audio import data_service
 from triplet_audio import losses
 from triplet_audio import models
 from triplet_audio import pipeline
@@ -36,6 +55,9 @@ from triplet_audio import records
 CHECKPOINT_SUBDIR = "checkpoints"
 SUMMARY_SUBDIR = "train"
 SUMMARY_NAME = "train_summary.json"
+
+MINING = ("local", "global")
+"""Values of TrainConfig.mining."""
 
 # Fields that must match when resuming into an existing model_dir: changing
 # them would silently restore weights into a different experiment.
@@ -71,11 +93,20 @@ class TrainConfig:
       mixed_precision: "none", "bf16" or "fp16".
       jit_compile: XLA-compile the per-replica step.
       strategy: "default", "mirrored", "multi_worker" or "tpu".
-      tpu: TPU name/address for strategy "tpu".
+      tpu: TPU name/address for strategy "tpu" ("local" on a TPU VM).
+      mining: "local" (each replica mines negatives in its own share of the
+        batch) or "global" (in the whole global batch, all-gathered).
+      cpu_replicas: with strategy "mirrored", split the CPU into this many
+        logical devices and mirror over them (0: off) - multi-replica
+        behaviour on a machine without accelerators, for tests and laptops.
       seed: global seed (model init and data order).
       skip_corrupt: skip corrupt shards/records instead of failing.
       num_classes: class vocabulary size (read from the manifest; needed by
         the supervised sampler).
+      tf_data_service: grpc://host:port of a tf.data service dispatcher that
+        runs the sampler pipeline on remote workers (None: in process).
+      tf_data_service_streams: independently seeded pipeline copies the
+        service hands out, one per worker (caps the useful worker count).
     """
     train_data: str
     model_dir: str
@@ -98,9 +129,13 @@ class TrainConfig:
     jit_compile: bool = False
     strategy: str = "default"
     tpu: str = None
+    mining: str = "local"
+    cpu_replicas: int = 0
     seed: int = 0
     skip_corrupt: bool = False
     num_classes: int = 0
+    tf_data_service: str = None
+    tf_data_service_streams: int = data_service.DEFAULT_NUM_STREAMS
 
     def validate(self):
         """Raises ValueError naming the first invalid field."""
@@ -141,6 +176,22 @@ class TrainConfig:
             bad("strategy", "must be default, mirrored, multi_worker or tpu")
         if self.strategy == "tpu" and not self.tpu:
             bad("tpu", "required with --strategy=tpu")
+        if self.tf_data_service:
+            data_service.parse_service_address(self.tf_data_service)
+        if self.tf_data_service_streams < 1:
+            bad("tf_data_service_streams", "must be >= 1")
+        if self.mining not in MINING:
+            bad("mining", "must be one of %s, got %r" %
+                (", ".join(MINING), self.mining))
+        if self.cpu_replicas < 0:
+            bad("cpu_replicas", "must be >= 0")
+        if self.cpu_replicas and self.strategy != "mirrored":
+            bad("cpu_replicas", "only with --strategy=mirrored (got "
+                "--strategy=%s)" % self.strategy)
+        if self.cpu_replicas and self.batch_size % (3 * self.cpu_replicas):
+            bad("batch_size", "%d is not a multiple of 3 x %d replicas "
+                "(--cpu_replicas): each replica needs whole triplets" %
+                (self.batch_size, self.cpu_replicas))
         self.sampler.validate()
         return self
 
@@ -159,10 +210,25 @@ def load_config(model_dir):
 
 
 def make_strategy(config):
-    """Creates the tf.distribute strategy named by the config."""
+    """Creates the tf.distribute strategy named by the config.
+
+    "mirrored" mirrors over all local GPUs (the CPU when there is none), or
+    over `cpu_replicas` logical CPU devices; "multi_worker" reads the cluster
+    from the TF_CONFIG environment variable; "tpu" connects to `config.tpu`.
+
+    Raises:
+      ValueError: when `cpu_replicas` comes too late (TensorFlow's devices
+        already initialised with another number of CPU devices).
+    """
     if config.strategy == "mirrored":
+        if config.cpu_replicas:
+            return tf.distribute.MirroredStrategy(
+                _logical_cpus(config.cpu_replicas))
         return tf.distribute.MirroredStrategy()
     if config.strategy == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            logging.warning("--strategy=multi_worker without TF_CONFIG: "
+                            "training as a cluster of one worker")
         return tf.distribute.MultiWorkerMirroredStrategy()
     if config.strategy == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
@@ -171,6 +237,25 @@ def make_strategy(config):
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     return tf.distribute.get_strategy()
+
+
+def _logical_cpus(n):
+    """Splits the CPU into `n` logical devices; returns their names."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    except RuntimeError:
+        # Devices are fixed once TensorFlow has initialised them; fine if
+        # they were already split this way (e.g. a second run in-process).
+        pass
+    names = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if len(names) != n:
+        raise ValueError(
+            "--cpu_replicas=%d: TensorFlow already initialised %d CPU "
+            "device(s) in this process; pass --cpu_replicas on the command "
+            "line of a fresh process" % (n, len(names)))
+    return names
 
 
 def set_precision_policy(mixed_precision):
@@ -278,6 +363,59 @@ class _StopFlag:
         return False
 
 
+# Errors of a collective whose peer is gone (connection reset, coordination
+# service heartbeat timeout, collective aborted).
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
+                tf.errors.CancelledError, tf.errors.DeadlineExceededError)
+
+
+class _Preempted(Exception):
+    """Raised by the preemption handler's exit hook after its checkpoint."""
+
+
+class _Checkpoints:
+    """Where this worker saves and restores, per the multi-worker protocol.
+
+    Every worker restores from the chief's directory. Every worker also saves
+    (under MultiWorkerMirroredStrategy saving can run collectives, so all
+    must take part), but only the chief's files are kept: the others write to
+    a scratch directory of their own and delete it after each save.
+    """
+
+    def __init__(self, checkpoint, model_dir, keep, is_chief, task_id):
+        self.checkpoint = checkpoint
+        self.directory = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+        self.is_chief = is_chief
+        write_dir = self.directory
+        if not is_chief:
+            write_dir = os.path.join(model_dir, "worker_tmp_%d" % task_id)
+            # Left behind if this worker was killed while saving.
+            if tf.io.gfile.exists(write_dir):
+                tf.io.gfile.rmtree(write_dir)
+        self.manager = tf.train.CheckpointManager(checkpoint, write_dir,
+                                                  max_to_keep=keep)
+
+    @property
+    def latest(self):
+        """The chief's latest checkpoint (None if none)."""
+        return tf.train.latest_checkpoint(self.directory)
+
+    def restore(self):
+        """Restores the latest checkpoint if any; returns its path or None."""
+        latest = self.latest
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        return latest
+
+    def save(self, step):
+        """Saves `step`; returns the path of the chief's checkpoint."""
+        path = self.manager.save(checkpoint_number=step)
+        if not self.is_chief:
+            tf.io.gfile.rmtree(self.manager.directory)
+            path = os.path.join(self.directory, os.path.basename(path))
+        return path
+
+
 def train(config):
     """Trains (or resumes training) an embedding model.
 
@@ -304,12 +442,18 @@ def train(config):
     strategy = make_strategy(config)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % (3 * replicas):
-        raise ValueError("--batch_size=%d must be a multiple of 3 x %d replicas"
-                         % (config.batch_size, replicas))
+        raise ValueError(
+            "--batch_size=%d must be a multiple of 3 x %d replicas: each "
+            "replica mines in its share of the batch, which must hold whole "
+            "triplets (%d windows per replica is not a multiple of 3)" %
+            (config.batch_size, replicas, config.batch_size // replicas))
     is_chief = _is_chief(strategy)
     if is_chief:
         config_io.write_config(config.model_dir, config)
     keras.utils.set_random_seed(config.seed)
+    logging.info("strategy %s: %d replica(s), %d windows each, %s mining",
+                 config.strategy, replicas, config.batch_size // replicas,
+                 config.mining)
 
     with strategy.scope():
         model = models.build_model(config.model, config.embedding_size,
@@ -322,16 +466,13 @@ def train(config):
                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
                                      step=step_var)
-    ckpt_dir = os.path.join(config.model_dir, CHECKPOINT_SUBDIR)
-    if not is_chief:
-        # Non-chief workers write to a scratch dir (multi-worker protocol).
-        ckpt_dir = os.path.join(config.model_dir, "worker_tmp_%d" %
-                                strategy.cluster_resolver.task_id)
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
-                                         max_to_keep=config.keep_checkpoints)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("resumed from %s at step %d", manager.latest_checkpoint,
+    resolver = getattr(strategy, "cluster_resolver", None)
+    ckpts = _Checkpoints(checkpoint, config.model_dir,
+                         config.keep_checkpoints, is_chief,
+                         getattr(resolver, "task_id", None) or 0)
+    restored = ckpts.restore()
+    if restored:
+        logging.info("resumed from %s at step %d", restored,
                      int(step_var.numpy()))
     start_step = int(step_var.numpy())
     if start_step >= config.steps:
@@ -351,16 +492,40 @@ def train(config):
     data_seed = config.seed + 1000003 * start_step
 
     def dataset_fn(input_context):
-        return pipeline.make_triplet_dataset(
-            config.train_data, config.sampler, config.batch_size,
-            seed=data_seed, input_context=input_context,
-            num_classes=config.num_classes or None,
-            skip_corrupt=config.skip_corrupt)
+        def make_dataset(seed):
+            return pipeline.make_triplet_dataset(
+                config.train_data, config.sampler, config.batch_size,
+                seed=seed, input_context=input_context,
+                num_classes=config.num_classes or None,
+                skip_corrupt=config.skip_corrupt)
+        # Unchanged unless --tf_data_service names a dispatcher.
+        return data_service.maybe_distribute(
+            make_dataset, config.tf_data_service, seed=data_seed,
+            num_streams=config.tf_data_service_streams)
 
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
     iterator = iter(dataset)
     train_step = make_train_step(config, strategy, model, optimizer,
                                  step_var, bad_step)
+
+    def check_finite():
+        bad = int(bad_step.numpy())
+        if bad >= 0:
+            raise NonFiniteLossError(
+                "loss became non-finite at step %d; stopped without "
+                "saving. The last good checkpoint is %s. Lower "
+                "--learning_rate or check the input data." %
+                (bad, ckpts.latest or "(none)"))
+
+    def save():
+        # The preemption handler saves between steps, possibly long after
+        # the last finiteness check: a diverged model must not replace the
+        # last good checkpoint there either.
+        check_finite()
+        current = int(step_var.numpy())
+        path = ckpts.save(current)
+        logging.info("saved checkpoint %s", path)
+        return path
 
     writer = (tf.summary.create_file_writer(
         os.path.join(config.model_dir, SUMMARY_SUBDIR)) if is_chief
@@ -373,71 +538,128 @@ def train(config):
     steps_since = 0
     step = start_step
     with _StopFlag() as stop:
-        while step < config.steps:
-            try:
-                batch = next(iterator)
-            except (StopIteration, tf.errors.OutOfRangeError):
-                # A repeated pipeline ends only when a whole pass yields no
-                # batch: unusable input, not a crash.
-                raise ValueError(
-                    "--train_data=%s gives the %s sampler no batch of %d "
-                    "windows (proximity needs recordings with two windows "
-                    "less than --proximity_dt apart, supervised labelled "
-                    "windows of two classes); use more data or a smaller "
-                    "--batch_size" % (config.train_data,
-                                      config.sampler.sampler,
-                                      config.batch_size)) from None
-            out = train_step(batch)
-            step += 1
-            steps_since += 1
-            boundary = (step % config.log_every == 0 or step == config.steps or
-                        step % config.checkpoint_every == 0 or
-                        stop.signum is not None)
-            if not boundary:
-                continue
-            bad = int(bad_step.numpy())
-            if bad >= 0:
-                raise NonFiniteLossError(
-                    "loss became non-finite at step %d; stopped without "
-                    "saving. The last good checkpoint is %s. Lower "
-                    "--learning_rate or check the input data." %
-                    (bad, manager.latest_checkpoint or "(none)"))
-            metrics = {k: float(v.numpy()) for k, v in out.items()}
-            now = time.time()
-            steps_per_s = steps_since / max(now - t_last, 1e-9)
-            windows_per_s = steps_per_s * config.batch_size
-            lr = float(schedule(step))
-            if step % config.log_every == 0 or step == config.steps:
-                eta = (config.steps - step) / max(steps_per_s, 1e-9)
-                logging.info(
-                    "step %d/%d  loss %.4f  active %.2f  d+ %.3f  d- %.3f  "
-                    "lr %.2e  %.1f steps/s  %.0f windows/s  eta %s",
-                    step, config.steps, metrics["loss"],
-                    metrics.get("fraction_active", float("nan")),
-                    metrics.get("mean_positive_distance", float("nan")),
-                    metrics.get("mean_negative_distance", float("nan")),
-                    lr, steps_per_s, windows_per_s, _fmt_eta(eta))
-                with writer.as_default(step=step):
-                    for k, v in metrics.items():
-                        tf.summary.scalar(k, v)
-                    tf.summary.scalar("learning_rate", lr)
-                    tf.summary.scalar("steps_per_second", steps_per_s)
-                    tf.summary.scalar("windows_per_second", windows_per_s)
-                writer.flush()
-                t_last, steps_since = now, 0
-            if step % config.checkpoint_every == 0 or step == config.steps or (
-                    stop.signum is not None):
-                path = manager.save(checkpoint_number=step)
-                logging.info("saved checkpoint %s", path)
-            if stop.signum is not None:
-                logging.warning("signal %d: checkpointed at step %d; rerun the "
-                                "same command to resume", stop.signum, step)
-                interrupted = True
-                break
+        handler = _preemption_handler(config, strategy, checkpoint, save,
+                                      stop)
+        # Under multi_worker a lone worker must not stop on its own signal
+        # (the others would wait for it in the next collective): the
+        # preemption handler stops them all at one step.
+        own_stop = config.strategy != "multi_worker"
+        try:
+            while step < config.steps:
+                try:
+                    batch = next(iterator)
+                except (StopIteration, tf.errors.OutOfRangeError):
+                    # A repeated pipeline ends only when a whole pass yields
+                    # no batch: unusable input, not a crash.
+                    raise ValueError(
+                        "--train_data=%s gives the %s sampler no batch of %d "
+                        "windows (proximity needs recordings with two "
+                        "windows less than --proximity_dt apart, supervised "
+                        "labelled windows of two classes); use more data or "
+                        "a smaller --batch_size" % (
+                            config.train_data, config.sampler.sampler,
+                            config.batch_size)) from None
+                if handler is not None:
+                    out = handler.run(train_step, batch)
+                else:
+                    out = train_step(batch)
+                step += 1
+                steps_since += 1
+                stopping = own_stop and stop.signum is not None
+                boundary = (step % config.log_every == 0 or
+                            step == config.steps or
+                            step % config.checkpoint_every == 0 or stopping)
+                if not boundary:
+                    continue
+                check_finite()
+                metrics = {k: float(v.numpy()) for k, v in out.items()}
+                now = time.time()
+                steps_per_s = steps_since / max(now - t_last, 1e-9)
+                windows_per_s = steps_per_s * config.batch_size
+                lr = float(schedule(step))
+                if step % config.log_every == 0 or step == config.steps:
+                    eta = (config.steps - step) / max(steps_per_s, 1e-9)
+                    logging.info(
+                        "step %d/%d  loss %.4f  active %.2f  d+ %.3f  "
+                        "d- %.3f  lr %.2e  %.1f steps/s  %.0f windows/s  "
+                        "eta %s",
+                        step, config.steps, metrics["loss"],
+                        metrics.get("fraction_active", float("nan")),
+                        metrics.get("mean_positive_distance", float("nan")),
+                        metrics.get("mean_negative_distance", float("nan")),
+                        lr, steps_per_s, windows_per_s, _fmt_eta(eta))
+                    with writer.as_default(step=step):
+                        for k, v in metrics.items():
+                            tf.summary.scalar(k, v)
+                        tf.summary.scalar("learning_rate", lr)
+                        tf.summary.scalar("steps_per_second", steps_per_s)
+                        tf.summary.scalar("windows_per_second", windows_per_s)
+                    writer.flush()
+                    t_last, steps_since = now, 0
+                if (step % config.checkpoint_every == 0 or
+                        step == config.steps or stopping):
+                    save()
+                if stopping:
+                    logging.warning("signal %d: checkpointed at step %d; "
+                                    "rerun the same command to resume",
+                                    stop.signum, step)
+                    interrupted = True
+                    break
+        except _PEER_ERRORS as e:
+            if config.strategy != "multi_worker":
+                raise
+            # What a worker sees when another one dies (SIGKILL, crash):
+            # its next collective fails. Nothing can be saved consistently
+            # now; the job resumes from the last checkpoint.
+            logging.error(
+                "lost another worker at step %d (%s): restart every worker "
+                "with the same command to resume from %s", step,
+                type(e).__name__, ckpts.latest or "the start")
+            raise
+        except _Preempted:
+            step = int(step_var.numpy())
+            logging.warning(
+                "preempted (%s): every worker checkpointed at step %d; "
+                "restart the job to resume",
+                "signal %d on this worker" % stop.signum if stop.signum
+                else "a signal on another worker", step)
+            interrupted = True
     logging.info("trained steps %d..%d in %.1fs", start_step, step,
                  time.time() - t_start)
     return _finish(config, step, metrics, windows_per_s, interrupted,
                    write=is_chief)
+
+
+def _preemption_handler(config, strategy, checkpoint, save, stop):
+    """A PreemptionCheckpointHandler for multi_worker and tpu, else None.
+
+    The handler does not install its own SIGTERM handler: it polls
+    `stop` (set by our SIGTERM/SIGINT handler) once a second, so SIGINT is
+    covered too and there is one signal handler in the process. When any
+    worker has been signalled, the handler agrees with the others (through
+    the coordination service) on the step after which all checkpoint, calls
+    `save` there on every worker, and then `_raise_preempted`.
+    """
+    if config.strategy not in ("multi_worker", "tpu"):
+        return None
+    termination = tf.distribute.experimental.TerminationConfig(
+        termination_watcher_fn=lambda: stop.signum is not None,
+        exit_fn=_raise_preempted, grace_period=0,
+        save_fn=lambda *args, **kwargs: save())
+    # Given a manager, the handler restores its latest checkpoint (and its
+    # own run counter stored in it) at creation: a manager of the chief's
+    # directory on every worker, so that all restore the same one. It never
+    # writes through it (save_fn does).
+    read_manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(config.model_dir, CHECKPOINT_SUBDIR),
+        max_to_keep=None)
+    return tf.distribute.experimental.PreemptionCheckpointHandler(
+        strategy.cluster_resolver, read_manager,
+        termination_config=termination)
+
+
+def _raise_preempted():
+    raise _Preempted()
 
 
 def _is_chief(strategy):
@@ -459,8 +681,22 @@ def make_train_step(config, strategy, model, optimizer, step_var=None,
 
     Public so that benchmarks can time the real step on batches they make.
 
+    Loss scaling: with local mining each replica's loss is the mean over its
+    own pairs, divided by the number of replicas so that the optimizer's sum
+    of the replicas' gradients is their mean. With global mining each
+    replica's loss is already its share of the global-batch loss (the shares
+    sum to it), so it is not divided; see `losses`.
+
+    XLA (`config.jit_compile`): on one replica the whole replica step is
+    compiled. On several, the optimizer update and the cross-replica
+    all-gather of global mining synchronise replicas, which a compiled
+    function nested in `strategy.run` cannot do, so what is compiled is the
+    forward and backward pass (local mining) or the model's forward pass
+    (global mining; its backward pass is compiled with it).
+
     Args:
-      config: TrainConfig (margin, distance, mixed_precision, jit_compile).
+      config: TrainConfig (margin, distance, mining, mixed_precision,
+        jit_compile).
       strategy: the tf.distribute strategy `model` and `optimizer` were built
         under.
       model: the embedding model.
@@ -472,7 +708,8 @@ def make_train_step(config, strategy, model, optimizer, step_var=None,
     Returns:
       A function of a (windows [B, 96, 64], labels) batch, plain or from a
       distributed dataset, returning the dict of the loss and mining metrics
-      averaged over replicas.
+      of the global batch (averaged over replicas with local mining, the
+      global batch's own with global mining).
     """
     with strategy.scope():
         if step_var is None:
@@ -485,37 +722,60 @@ def make_train_step(config, strategy, model, optimizer, step_var=None,
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     replicas = strategy.num_replicas_in_sync
     fp16 = config.mixed_precision == "fp16"
+    global_mining = config.mining == "global" and replicas > 1
 
-    def replica_step(windows, labels):
+    def forward(windows):
+        return model(windows, training=True)
+
+    def gradients(windows, labels):
         with tf.GradientTape() as tape:
-            embeddings = model(windows, training=True)
-            loss, stats = losses.semi_hard_triplet_loss(
-                labels, embeddings, margin=config.margin,
-                distance=config.distance, return_metrics=True)
-            total = loss
+            embeddings = forward(windows)
+            if global_mining:
+                loss, stats = losses.cross_replica_semi_hard_triplet_loss(
+                    labels, embeddings, margin=config.margin,
+                    distance=config.distance, return_metrics=True)
+                scaled = loss
+            else:
+                loss, stats = losses.semi_hard_triplet_loss(
+                    labels, embeddings, margin=config.margin,
+                    distance=config.distance, return_metrics=True)
+                scaled = loss / replicas
             if model.losses:
-                total += tf.add_n([tf.cast(l, tf.float32)
-                                   for l in model.losses])
-            scaled = total / replicas
+                scaled += tf.add_n([tf.cast(l, tf.float32)
+                                    for l in model.losses]) / replicas
             if fp16:
                 scaled = optimizer.scale_loss(scaled)
         grads = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
         out = {"loss": loss}
         for key in ("fraction_active", "fraction_semi_hard",
                     "mean_positive_distance", "mean_negative_distance"):
             if key in stats:
                 out[key] = tf.cast(stats[key], tf.float32)
+        return grads, out
+
+    if config.jit_compile and replicas > 1:
+        if global_mining:
+            forward = tf.function(forward, jit_compile=True)
+        else:
+            gradients = tf.function(gradients, jit_compile=True)
+
+    def replica_step(windows, labels):
+        grads, out = gradients(windows, labels)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return out
 
-    if config.jit_compile:
+    if config.jit_compile and replicas == 1:
         replica_step = tf.function(replica_step, jit_compile=True)
+
+    # Global mining returns each replica's share of the global values.
+    reduce_op = (tf.distribute.ReduceOp.SUM if global_mining
+                 else tf.distribute.ReduceOp.MEAN)
 
     @tf.function
     def train_step(batch):
         windows, labels = batch
         per_replica = strategy.run(replica_step, args=(windows, labels))
-        out = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+        out = {k: strategy.reduce(reduce_op, v, axis=None)
                for k, v in per_replica.items()}
         step_var.assign_add(1)
         finite = tf.math.is_finite(out["loss"])
