@@ -23,10 +23,10 @@ test: install
 fixtures: install
 	$(PY) testdata/make_fixtures.py --output_dir testdata/generated
 
+# The whole path on the embedded synthetic corpus, ending in Table 1
+# ($(DEMO_DIR)/report.md). Rerunning continues where it stopped.
 demo: install
-	$(PY) bin/make_corpus --output_dir $(DEMO_DIR)/corpus
-	$(PY) bin/extract_features --input $(DEMO_DIR)/corpus/train.csv --output_dir $(DEMO_DIR)/features/train --num_shards 4
-	$(PY) bin/extract_features --input $(DEMO_DIR)/corpus/eval.csv --output_dir $(DEMO_DIR)/features/eval --num_shards 2
+	$(PY) bin/demo --flagfile=flags/demo_pipeline.cfg --output_dir=$(DEMO_DIR)
 
 bench: install
 	$(PY) benchmarks/bench_frontend.py

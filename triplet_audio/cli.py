@@ -113,3 +113,13 @@ def inspect_main():
     from triplet_audio import inspect_triplets
     inspect_triplets.inspect(**args)
     return 0
+
+
+def data_service_main():
+    """bin/data_service."""
+    # Flags are checked before the import: a flag error need not wait for
+    # TensorFlow.
+    args = flagdefs.data_service_args_from_flags()
+    from triplet_audio import data_service
+    data_service.serve(**args)
+    return 0

@@ -46,30 +46,33 @@ def define_extract_flags():
     _define_if_missing(
         flags.DEFINE_string, "output_dir", None,
         "Corpus directory to write shards and manifest.json to.")
-    flags.DEFINE_integer("num_shards", 8, "Number of TFRecord shards.",
-                         lower_bound=1)
-    flags.DEFINE_integer("workers", 0,
-                         "Worker processes; 0 uses every core.", lower_bound=0)
-    flags.DEFINE_boolean(
-        "strict", False,
-        "Exit non-zero if any input file fails (default: only if none succeed).")
-    flags.DEFINE_boolean(
-        "pad_short", True,
+    _define_if_missing(
+        flags.DEFINE_integer, "num_shards", 8, "Number of TFRecord shards.",
+        lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_integer, "workers", 0,
+        "Worker processes; 0 uses every core.", lower_bound=0)
+    _define_if_missing(
+        flags.DEFINE_boolean, "strict", False,
+        "Exit non-zero if any input file fails (default: only if none "
+        "succeed).")
+    _define_if_missing(
+        flags.DEFINE_boolean, "pad_short", True,
         "Zero-pad clips shorter than one 0.96 s window to one window; "
         "--nopad_short drops them instead.")
-    flags.DEFINE_string(
-        "runner", "local",
+    _define_if_missing(
+        flags.DEFINE_string, "runner", "local",
         "'local' (multiprocessing on this machine) or an Apache Beam runner "
         "name (DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, ...; "
         "needs pip install 'triplet-audio[beam]').")
-    flags.DEFINE_list(
-        "beam_pipeline_options", [],
+    _define_if_missing(
+        flags.DEFINE_list, "beam_pipeline_options", [],
         "Beam pipeline options for a Beam --runner, comma-separated, e.g. "
         "'--project=P,--region=R,--temp_location=gs://B/tmp,"
         "--setup_file=./setup.py'. Quote an item that holds a comma "
         "(CSV rules).")
-    flags.DEFINE_string(
-        "extensions", ",".join(audio_io.AUDIO_EXTENSIONS),
+    _define_if_missing(
+        flags.DEFINE_string, "extensions", ",".join(audio_io.AUDIO_EXTENSIONS),
         "Comma-separated file extensions picked up from a directory input.")
 
 
@@ -79,49 +82,66 @@ MODELS = constants.MODEL_NAMES
 
 @_once
 def define_train_flags():
-    """Flags of bin/train (the sampler flags come from define_sampler_flags)."""
-    _define_if_missing(flags.DEFINE_string, "train_data", None,
-                       "Training corpus: a corpus directory, a shard glob or "
-                       "comma-separated globs.")
+    """Flags of bin/train (sampler flags: define_sampler_flags)."""
+    _define_if_missing(
+        flags.DEFINE_string, "train_data", None,
+        "Training corpus: a corpus directory, a shard glob or "
+        "comma-separated globs.")
     _define_model_dir()
-    flags.DEFINE_enum("model", "resnet50", MODELS, "Embedding network.")
-    flags.DEFINE_integer("embedding_size", 128, "Embedding dimension.",
-                         lower_bound=1)
-    flags.DEFINE_integer(
-        "batch_size", 192,
+    _define_if_missing(
+        flags.DEFINE_enum, "model", "resnet50", MODELS, "Embedding network.")
+    _define_if_missing(
+        flags.DEFINE_integer, "embedding_size", 128, "Embedding dimension.",
+        lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_integer, "batch_size", 192,
         "Global batch size in windows (3 per triplet, so a multiple of 3, and "
         "of 3 x the number of replicas).", lower_bound=3)
-    flags.DEFINE_float("margin", 0.2, "Triplet loss margin (delta).",
-                       lower_bound=0.0)
-    flags.DEFINE_enum("distance", "squared", ["squared", "euclidean"],
-                      "Distance of the triplet loss.")
-    flags.DEFINE_enum("optimizer", "adam", ["adam", "sgd", "adamw"],
-                      "Optimizer.")
-    flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.",
-                       lower_bound=0.0)
-    flags.DEFINE_enum("lr_schedule", "cosine", ["constant", "cosine"],
-                      "Learning-rate schedule after warm-up.")
-    flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps.",
-                         lower_bound=0)
-    flags.DEFINE_float("weight_decay", 0.0, "Weight decay (adamw only).",
-                       lower_bound=0.0)
-    flags.DEFINE_integer("steps", 10000, "Total training steps.",
-                         lower_bound=1)
-    flags.DEFINE_integer("checkpoint_every", 1000,
-                         "Save a checkpoint every N steps (and at exit).",
-                         lower_bound=1)
-    flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.",
-                         lower_bound=1)
-    flags.DEFINE_integer("log_every", 50,
-                         "Console progress line / summaries every N steps.",
-                         lower_bound=1)
-    flags.DEFINE_enum("mixed_precision", "none", ["none", "bf16", "fp16"],
-                      "Mixed-precision policy; embeddings and loss stay "
-                      "float32.")
-    flags.DEFINE_boolean("jit_compile", False,
-                         "Compile the train step with XLA.")
-    flags.DEFINE_enum(
-        "strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
+    _define_if_missing(
+        flags.DEFINE_float, "margin", 0.2, "Triplet loss margin (delta).",
+        lower_bound=0.0)
+    _define_if_missing(
+        flags.DEFINE_enum, "distance", "squared", ["squared", "euclidean"],
+        "Distance of the triplet loss.")
+    _define_if_missing(
+        flags.DEFINE_enum, "optimizer", "adam", ["adam", "sgd", "adamw"],
+        "Optimizer.")
+    _define_if_missing(
+        flags.DEFINE_float, "learning_rate", 1e-3, "Peak learning rate.",
+        lower_bound=0.0)
+    _define_if_missing(
+        flags.DEFINE_enum, "lr_schedule", "cosine", ["constant", "cosine"],
+        "Learning-rate schedule after warm-up.")
+    _define_if_missing(
+        flags.DEFINE_integer, "warmup_steps", 0, "Linear warm-up steps.",
+        lower_bound=0)
+    _define_if_missing(
+        flags.DEFINE_float, "weight_decay", 0.0, "Weight decay (adamw only).",
+        lower_bound=0.0)
+    _define_if_missing(
+        flags.DEFINE_integer, "steps", 10000, "Total training steps.",
+        lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_integer, "checkpoint_every", 1000,
+        "Save a checkpoint every N steps (and at exit).",
+        lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_integer, "keep_checkpoints", 3, "Checkpoints kept.",
+        lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_integer, "log_every", 50,
+        "Console progress line / summaries every N steps.",
+        lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_enum, "mixed_precision", "none", ["none", "bf16", "fp16"],
+        "Mixed-precision policy; embeddings and loss stay "
+        "float32.")
+    _define_if_missing(
+        flags.DEFINE_boolean, "jit_compile", False,
+        "Compile the train step with XLA.")
+    _define_if_missing(
+        flags.DEFINE_enum, "strategy", "default",
+        ["default", "mirrored", "multi_worker", "tpu"],
         "tf.distribute strategy: default (one device), mirrored (all local "
         "GPUs, or --cpu_replicas CPU devices), multi_worker (every worker "
         "runs the same command; the cluster comes from the TF_CONFIG "
@@ -129,32 +149,34 @@ def define_train_flags():
         "global batch, split evenly over the replicas. Under multi_worker "
         "and tpu a SIGTERM to any worker checkpoints every worker at the "
         "same step and stops them all (exit status 3).")
-    flags.DEFINE_string("tpu", None,
-                        "TPU for --strategy=tpu: 'local' on a TPU VM, else "
-                        "the TPU's name or grpc:// address.")
-    flags.DEFINE_enum(
-        "mining", "local", ["local", "global"],
+    _define_if_missing(
+        flags.DEFINE_string, "tpu", None,
+        "TPU for --strategy=tpu: 'local' on a TPU VM, else "
+        "the TPU's name or grpc:// address.")
+    _define_if_missing(
+        flags.DEFINE_enum, "mining", "local", ["local", "global"],
         "Where negatives are mined with several replicas: local (in each "
         "replica's own share of the batch) or global (in the whole global "
         "batch: embeddings and labels are all-gathered each step; loss and "
         "gradients equal those of one device holding the global batch).")
-    flags.DEFINE_integer(
-        "cpu_replicas", 0,
+    _define_if_missing(
+        flags.DEFINE_integer, "cpu_replicas", 0,
         "With --strategy=mirrored: split the CPU into N logical devices and "
         "mirror over them (0: off), to try multi-replica training (e.g. "
         "--mining=global) on a machine without accelerators. It shares the "
         "same cores, so it is not faster.", lower_bound=0)
-    flags.DEFINE_boolean("skip_corrupt", False,
-                         "Skip corrupt shards/records (with a warning) instead "
-                         "of stopping.")
+    _define_if_missing(
+        flags.DEFINE_boolean, "skip_corrupt", False,
+        "Skip corrupt shards/records (with a warning) instead "
+        "of stopping.")
     define_tf_data_service_flag()
 
 
 def _define_model_dir():
     # Shared by train and export; a process (e.g. a test) may define both.
     if "model_dir" not in FLAGS:
-        flags.DEFINE_string(
-            "model_dir", None,
+        _define_if_missing(
+            flags.DEFINE_string, "model_dir", None,
             "Run directory: checkpoints, config.json, TensorBoard summaries.")
 
 
@@ -163,11 +185,13 @@ def _define_model_dir():
 def define_export_flags():
     """Flags of bin/export."""
     _define_model_dir()
-    flags.DEFINE_string("export_dir", None,
-                        "Directory to write the SavedModel, metadata.json and "
-                        "model.keras to.")
-    flags.DEFINE_boolean("overwrite", False,
-                         "Replace an existing export in --export_dir.")
+    _define_if_missing(
+        flags.DEFINE_string, "export_dir", None,
+        "Directory to write the SavedModel, metadata.json and "
+        "model.keras to.")
+    _define_if_missing(
+        flags.DEFINE_boolean, "overwrite", False,
+        "Replace an existing export in --export_dir.")
 
 
 @_once
@@ -179,67 +203,82 @@ def define_embed_flags():
         "manifest.json, a shard glob or comma-separated globs) or audio files "
         "(a directory searched recursively, a glob, or a CSV with columns "
         "path,labels[,split]).")
-    flags.DEFINE_string(
-        "output", None,
+    _define_if_missing(
+        flags.DEFINE_string, "output", None,
         "(Required.) Output .npz path (sharded as NAME-0000i-of-0000n.npz with "
         "--num_output_shards > 1).")
-    flags.DEFINE_string("saved_model", None,
-                        "Export directory written by bin/export. Exactly one "
-                        "of --saved_model and --representation.")
-    flags.DEFINE_enum("representation", None, ["logmel"],
-                      "Instead of --saved_model: write the log-mel baseline "
-                      "(flattened 96 x 64 windows, float16) in the same "
-                      "format.")
-    flags.DEFINE_integer("embed_batch_size", 512,
-                         "Windows per inference call.", lower_bound=1)
-    flags.DEFINE_integer("num_output_shards", 1,
-                         "Output .npz shards (a segment never spans two).",
-                         lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_string, "saved_model", None,
+        "Export directory written by bin/export. Exactly one "
+        "of --saved_model and --representation.")
+    _define_if_missing(
+        flags.DEFINE_enum, "representation", None, ["logmel"],
+        "Instead of --saved_model: write the log-mel baseline "
+        "(flattened 96 x 64 windows, float16) in the same "
+        "format.")
+    _define_if_missing(
+        flags.DEFINE_integer, "embed_batch_size", 512,
+        "Windows per inference call.", lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_integer, "num_output_shards", 1,
+        "Output .npz shards (a segment never spans two).",
+        lower_bound=1)
 
 
 @_once
 def define_evaluate_flags():
     """Flags of bin/evaluate."""
-    flags.DEFINE_string("train", None,
-                        "(Required.) Embeddings of the labelled training "
-                        "segments (for the classifiers and few-shot draws): "
-                        "an .npz file, shard glob or directory.")
-    flags.DEFINE_string("eval", None,
-                        "(Required.) Embeddings of the held-out evaluation "
-                        "segments (QbE and classifier scoring).")
+    _define_if_missing(
+        flags.DEFINE_string, "train", None,
+        "(Required.) Embeddings of the labelled training "
+        "segments (for the classifiers and few-shot draws): "
+        "an .npz file, shard glob or directory.")
+    _define_if_missing(
+        flags.DEFINE_string, "eval", None,
+        "(Required.) Embeddings of the held-out evaluation "
+        "segments (QbE and classifier scoring).")
     _define_if_missing(
         flags.DEFINE_string, "output_dir", None,
         "(Required.) Directory for results.json, the Markdown table, plots "
         "and projector files.")
-    flags.DEFINE_string("name", None,
-                        "Name of the representation in the report (default: "
-                        "from the embeddings file).")
-    flags.DEFINE_integer("eval_seed", 0, "Seed of the QbE samples, classifier "
-                         "initialisation and few-shot draws.")
-    flags.DEFINE_integer("qbe_num_pos", 100,
-                         "QbE: segments sampled per class that have it.",
-                         lower_bound=1)
-    flags.DEFINE_integer("qbe_num_neg", 100,
-                         "QbE: segments sampled per class that do not have it.",
-                         lower_bound=1)
-    flags.DEFINE_integer(
-        "qbe_min_count", 0,
+    _define_if_missing(
+        flags.DEFINE_string, "name", None,
+        "Name of the representation in the report (default: "
+        "from the embeddings file).")
+    _define_if_missing(
+        flags.DEFINE_integer, "eval_seed", 0,
+        "Seed of the QbE samples, classifier "
+        "initialisation and few-shot draws.")
+    _define_if_missing(
+        flags.DEFINE_integer, "qbe_num_pos", 100,
+        "QbE: segments sampled per class that have it.",
+        lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_integer, "qbe_num_neg", 100,
+        "QbE: segments sampled per class that do not have it.",
+        lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_integer, "qbe_min_count", 0,
         "QbE: 0 is the paper's exact protocol (a class with fewer than "
         "--qbe_num_pos positives or --qbe_num_neg negatives is skipped); N > 0 "
         "keeps a class with at least N of each and uses all it has (small "
         "corpora).", lower_bound=0)
-    flags.DEFINE_integer("classifier_epochs", 10,
-                         "Training epochs of the 1x512 and 2x512 classifiers.",
-                         lower_bound=1)
-    flags.DEFINE_integer("fewshot_epochs", 30,
-                         "Training epochs of each few-shot classifier.",
-                         lower_bound=1)
-    flags.DEFINE_integer("fewshot_per_class", 20,
-                         "Few-shot: labelled segments per class per draw.",
-                         lower_bound=1)
-    flags.DEFINE_integer("fewshot_draws", 3,
-                         "Few-shot: number of random draws averaged.",
-                         lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_integer, "classifier_epochs", 10,
+        "Training epochs of the 1x512 and 2x512 classifiers.",
+        lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_integer, "fewshot_epochs", 30,
+        "Training epochs of each few-shot classifier.",
+        lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_integer, "fewshot_per_class", 20,
+        "Few-shot: labelled segments per class per draw.",
+        lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_integer, "fewshot_draws", 3,
+        "Few-shot: number of random draws averaged.",
+        lower_bound=1)
 
 
 def export_args_from_flags():
@@ -263,20 +302,26 @@ def define_corpus_flags():
         flags.DEFINE_string, "output_dir", None,
         "Directory to write the corpus to: audio/{train,eval}/*.wav, "
         "labels.csv, train.csv, eval.csv and corpus.json.")
-    flags.DEFINE_integer("num_train", 240, "Training recordings.",
-                         lower_bound=0)
-    flags.DEFINE_integer("num_eval", 120, "Evaluation recordings.",
-                         lower_bound=0)
-    _define_if_missing(flags.DEFINE_integer, "seed", 0,
-                       "Corpus seed; the same seed writes identical files.",
-                       lower_bound=0)
-    flags.DEFINE_float("duration_s", 10.0, "Length of every recording (s).")
-    flags.DEFINE_integer(
-        "num_classes", 0,
+    _define_if_missing(
+        flags.DEFINE_integer, "num_train", 240, "Training recordings.",
+        lower_bound=0)
+    _define_if_missing(
+        flags.DEFINE_integer, "num_eval", 120, "Evaluation recordings.",
+        lower_bound=0)
+    _define_if_missing(
+        flags.DEFINE_integer, "seed", 0,
+        "Corpus seed; the same seed writes identical files.",
+        lower_bound=0)
+    _define_if_missing(
+        flags.DEFINE_float, "duration_s", 10.0,
+        "Length of every recording (s).")
+    _define_if_missing(
+        flags.DEFINE_integer, "num_classes", 0,
         "Use only the first N sound classes of the synthetic vocabulary; 0 "
         "uses all of them.", lower_bound=0)
-    _define_if_missing(flags.DEFINE_integer, "workers", 1,
-                       "Worker processes; 0 uses every core.", lower_bound=0)
+    _define_if_missing(
+        flags.DEFINE_integer, "workers", 1,
+        "Worker processes; 0 uses every core.", lower_bound=0)
 
 
 def corpus_config_from_flags():
@@ -314,37 +359,45 @@ def define_sampler_flags():
     joint = ",".join("%s=%g" % kv
                      for kv in pipeline.SamplerConfig(
                          sampler="joint").joint_weights.items())
-    flags.DEFINE_enum("sampler", None, SAMPLERS,
-                      "Triplet sampler (paper section 3.2): noise, "
-                      "translation, mixing, proximity, supervised (topline) or "
-                      "joint (mixture of the unsupervised ones).")
-    flags.DEFINE_float("noise_sigma", default["noise_sigma"],
-                       "Gaussian-noise sampler: std of eps in "
-                       "x * (1 + |eps|).", lower_bound=0.0)
-    flags.DEFINE_integer("translation_max_shift",
-                         default["translation_max_shift"],
-                         "Translation sampler: largest frequency shift S in "
-                         "mel bins.", lower_bound=0)
-    flags.DEFINE_float("mixing_alpha", default["mixing_alpha"],
-                       "Mixing sampler: alpha in x_a + alpha * E(x_a) / E(x_n) "
-                       "* x_n.", lower_bound=0.0)
-    flags.DEFINE_float("proximity_dt", default["proximity_dt"],
-                       "Proximity sampler: anchor and positive start less than "
-                       "this many seconds apart ('inf': anywhere in the "
-                       "recording).")
-    flags.DEFINE_string("joint_weights", joint,
-                        "Joint sampler: comma-separated sampler=weight; "
-                        "unnamed samplers get 0.")
-    flags.DEFINE_integer("shuffle_buffer", default["shuffle_buffer"],
-                         "Windows held by the shuffle buffer of each input "
-                         "pipeline (~25 KB each; joint splits them among its "
-                         "samplers); records are shuffled in a buffer of "
-                         "shuffle_buffer / 32 (at most 256).", lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_enum, "sampler", None, SAMPLERS,
+        "Triplet sampler (paper section 3.2): noise, "
+        "translation, mixing, proximity, supervised (topline) or "
+        "joint (mixture of the unsupervised ones).")
+    _define_if_missing(
+        flags.DEFINE_float, "noise_sigma", default["noise_sigma"],
+        "Gaussian-noise sampler: std of eps in "
+        "x * (1 + |eps|).", lower_bound=0.0)
+    _define_if_missing(
+        flags.DEFINE_integer, "translation_max_shift",
+        default["translation_max_shift"],
+        "Translation sampler: largest frequency shift S in "
+        "mel bins.", lower_bound=0)
+    _define_if_missing(
+        flags.DEFINE_float, "mixing_alpha", default["mixing_alpha"],
+        "Mixing sampler: alpha in x_a + alpha * E(x_a) / E(x_n) "
+        "* x_n.", lower_bound=0.0)
+    _define_if_missing(
+        flags.DEFINE_float, "proximity_dt", default["proximity_dt"],
+        "Proximity sampler: anchor and positive start less than "
+        "this many seconds apart ('inf': anywhere in the "
+        "recording).")
+    _define_if_missing(
+        flags.DEFINE_string, "joint_weights", joint,
+        "Joint sampler: comma-separated sampler=weight; "
+        "unnamed samplers get 0.")
+    _define_if_missing(
+        flags.DEFINE_integer, "shuffle_buffer", default["shuffle_buffer"],
+        "Windows held by the shuffle buffer of each input "
+        "pipeline (~25 KB each; joint splits them among its "
+        "samplers); records are shuffled in a buffer of "
+        "shuffle_buffer / 32 (at most 256).", lower_bound=1)
     # --seed is shared with bin/make_corpus's group; a process (e.g. a test)
     # may define both.
-    _define_if_missing(flags.DEFINE_integer, "seed", 0,
-                       "Global seed: data order, sampler randomness and "
-                       "model initialisation.")
+    _define_if_missing(
+        flags.DEFINE_integer, "seed", 0,
+        "Global seed: data order, sampler randomness and "
+        "model initialisation.")
 
 
 def sampler_config_from_flags():
@@ -503,86 +556,101 @@ def define_demo_flags():
         flags.DEFINE_string, "output_dir", None,
         "(Required.) Run directory of the demo: corpus, features, runs, "
         "exports, embeddings, evaluations, logs and the final report.")
-    flags.DEFINE_list(
-        "samplers", list(default["samplers"]),
+    _define_if_missing(
+        flags.DEFINE_list, "samplers", list(default["samplers"]),
         "Training runs, comma-separated, of: %s. 'supervised' is the "
         "topline of the recovery columns; the log-mel baseline is always "
         "evaluated." % ", ".join(demo.ALL_RUNS))
-    flags.DEFINE_string(
-        "train_flagfile", default["train_flagfile"],
+    _define_if_missing(
+        flags.DEFINE_string, "train_flagfile", default["train_flagfile"],
         "Flag file of every bin/train run (model, steps, batch, optimizer); "
         "relative paths are relative to the working directory.")
-    flags.DEFINE_multi_string(
-        "train_flag", list(default["train_flags"]),
+    _define_if_missing(
+        flags.DEFINE_multi_string, "train_flag", list(default["train_flags"]),
         "Extra flag for every bin/train run, after --train_flagfile so it "
         "wins (repeatable), e.g. --train_flag=--steps=20000 "
         "--train_flag=--model=resnet50.")
-    _define_if_missing(flags.DEFINE_integer, "num_train",
-                       default["num_train"], "Training recordings.",
-                       lower_bound=0)
-    _define_if_missing(flags.DEFINE_integer, "num_eval", default["num_eval"],
-                       "Evaluation recordings.", lower_bound=0)
-    _define_if_missing(flags.DEFINE_float, "duration_s",
-                       default["duration_s"],
-                       "Length of every recording (s).")
+    _define_if_missing(
+        flags.DEFINE_integer, "num_train",
+        default["num_train"], "Training recordings.",
+        lower_bound=0)
+    _define_if_missing(
+        flags.DEFINE_integer, "num_eval", default["num_eval"],
+        "Evaluation recordings.", lower_bound=0)
+    _define_if_missing(
+        flags.DEFINE_float, "duration_s",
+        default["duration_s"],
+        "Length of every recording (s).")
     _define_if_missing(
         flags.DEFINE_integer, "num_classes", default["num_classes"],
         "Use only the first N sound classes of the synthetic vocabulary; 0 "
         "uses all of them.", lower_bound=0)
-    _define_if_missing(flags.DEFINE_integer, "seed", default["seed"],
-                       "Corpus seed (training seeds come from the training "
-                       "flag file).", lower_bound=0)
-    _define_if_missing(flags.DEFINE_integer, "num_shards",
-                       default["num_shards"],
-                       "TFRecord shards of each extracted split.",
-                       lower_bound=1)
-    _define_if_missing(flags.DEFINE_integer, "workers", default["workers"],
-                       "Worker processes of corpus generation and feature "
-                       "extraction; 0 uses every core.", lower_bound=0)
-    _define_if_missing(flags.DEFINE_integer, "eval_seed",
-                       default["eval_seed"],
-                       "Seed of the QbE samples, classifier initialisation "
-                       "and few-shot draws.")
-    _define_if_missing(flags.DEFINE_integer, "qbe_num_pos",
-                       default["qbe_num_pos"],
-                       "QbE: segments sampled per class that have it.",
-                       lower_bound=1)
-    _define_if_missing(flags.DEFINE_integer, "qbe_num_neg",
-                       default["qbe_num_neg"],
-                       "QbE: segments sampled per class that do not have it.",
-                       lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_integer, "seed", default["seed"],
+        "Corpus seed (training seeds come from the training "
+        "flag file).", lower_bound=0)
+    _define_if_missing(
+        flags.DEFINE_integer, "num_shards",
+        default["num_shards"],
+        "TFRecord shards of each extracted split.",
+        lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_integer, "workers", default["workers"],
+        "Worker processes of corpus generation and feature "
+        "extraction; 0 uses every core.", lower_bound=0)
+    _define_if_missing(
+        flags.DEFINE_integer, "eval_seed",
+        default["eval_seed"],
+        "Seed of the QbE samples, classifier initialisation "
+        "and few-shot draws.")
+    _define_if_missing(
+        flags.DEFINE_integer, "qbe_num_pos",
+        default["qbe_num_pos"],
+        "QbE: segments sampled per class that have it.",
+        lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_integer, "qbe_num_neg",
+        default["qbe_num_neg"],
+        "QbE: segments sampled per class that do not have it.",
+        lower_bound=1)
     _define_if_missing(
         flags.DEFINE_integer, "qbe_min_count", default["qbe_min_count"],
         "QbE: 0 is the paper's exact protocol; N > 0 keeps a class with at "
         "least N positives and negatives and uses all it has (small "
         "corpora).", lower_bound=0)
-    _define_if_missing(flags.DEFINE_integer, "classifier_epochs",
-                       default["classifier_epochs"],
-                       "Training epochs of the 1x512 and 2x512 classifiers.",
-                       lower_bound=1)
-    _define_if_missing(flags.DEFINE_integer, "fewshot_epochs",
-                       default["fewshot_epochs"],
-                       "Training epochs of each few-shot classifier.",
-                       lower_bound=1)
-    _define_if_missing(flags.DEFINE_integer, "fewshot_per_class",
-                       default["fewshot_per_class"],
-                       "Few-shot: labelled segments per class per draw.",
-                       lower_bound=1)
-    _define_if_missing(flags.DEFINE_integer, "fewshot_draws",
-                       default["fewshot_draws"],
-                       "Few-shot: number of random draws averaged.",
-                       lower_bound=1)
-    flags.DEFINE_float("progress_every", default["progress_every"],
-                       "Seconds between progress lines of a running stage.",
-                       lower_bound=1.0)
-    flags.DEFINE_integer(
-        "jobs", default["jobs"],
+    _define_if_missing(
+        flags.DEFINE_integer, "classifier_epochs",
+        default["classifier_epochs"],
+        "Training epochs of the 1x512 and 2x512 classifiers.",
+        lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_integer, "fewshot_epochs",
+        default["fewshot_epochs"],
+        "Training epochs of each few-shot classifier.",
+        lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_integer, "fewshot_per_class",
+        default["fewshot_per_class"],
+        "Few-shot: labelled segments per class per draw.",
+        lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_integer, "fewshot_draws",
+        default["fewshot_draws"],
+        "Few-shot: number of random draws averaged.",
+        lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_float, "progress_every", default["progress_every"],
+        "Seconds between progress lines of a running stage.",
+        lower_bound=1.0)
+    _define_if_missing(
+        flags.DEFINE_integer, "jobs", default["jobs"],
         "Stages run at the same time, each as soon as its inputs are "
         "complete; 2 keeps both cores of a small CPU busy while one stage "
         "waits on Python or start-up.", lower_bound=1)
-    flags.DEFINE_boolean("dry_run", default["dry_run"],
-                         "Only list the stages and their commands; run and "
-                         "write nothing.")
+    _define_if_missing(
+        flags.DEFINE_boolean, "dry_run", default["dry_run"],
+        "Only list the stages and their commands; run and "
+        "write nothing.")
 
 
 def demo_config_from_flags():
@@ -624,13 +692,17 @@ def demo_config_from_flags():
 @_once
 def define_inspect_flags():
     """Flags of bin/inspect_triplets (plus the sampler flags)."""
-    _define_if_missing(flags.DEFINE_string, "train_data", None,
-                       "Corpus to sample from: directory, glob or "
-                       "comma-separated globs.")
-    _define_if_missing(flags.DEFINE_string, "output", None,
-                       "PNG file to write.")
-    flags.DEFINE_integer("num_triplets", 6, "Triplets (rows) in the grid.",
-                         lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_string, "train_data", None,
+        "Corpus to sample from: directory, glob or "
+        "comma-separated globs.")
+    _define_if_missing(
+        flags.DEFINE_string, "output", None,
+        "PNG file to write.")
+    _define_if_missing(
+        flags.DEFINE_integer, "num_triplets", 6,
+        "Triplets (rows) in the grid.",
+        lower_bound=1)
 
 
 def inspect_args_from_flags():
@@ -647,36 +719,37 @@ def inspect_args_from_flags():
 @_once
 def define_data_service_flags():
     """Flags of bin/data_service (a tf.data service dispatcher or worker)."""
-    flags.DEFINE_enum(
-        "role", None, ["dispatcher", "worker", "both"],
+    _define_if_missing(
+        flags.DEFINE_enum, "role", None, ["dispatcher", "worker", "both"],
         "(Required.) What this process serves: the dispatcher that trainers "
         "and workers connect to, a worker that runs input pipelines, or both "
         "(a dispatcher and one worker, for a single machine).")
-    flags.DEFINE_integer(
-        "port", 0,
+    _define_if_missing(
+        flags.DEFINE_integer, "port", 0,
         "Port of the dispatcher (--role=dispatcher or both) or of the worker "
         "(--role=worker); 0 picks a free port. The bound address is logged.",
         lower_bound=0, upper_bound=65535)
-    flags.DEFINE_string(
-        "dispatcher", None,
+    _define_if_missing(
+        flags.DEFINE_string, "dispatcher", None,
         "host:port of the dispatcher this worker registers with "
         "(--role=worker).")
-    flags.DEFINE_integer(
-        "worker_port", 0, "Port of the worker with --role=both; 0 picks a "
+    _define_if_missing(
+        flags.DEFINE_integer, "worker_port", 0,
+        "Port of the worker with --role=both; 0 picks a "
         "free port.", lower_bound=0, upper_bound=65535)
-    flags.DEFINE_string(
-        "worker_host", None,
+    _define_if_missing(
+        flags.DEFINE_string, "worker_host", None,
         "Host name or address that trainers use to reach this worker; the "
         "dispatcher hands it to them. Default: this machine's host name "
         "(socket.gethostname()). Use localhost when everything runs on one "
         "machine.")
-    flags.DEFINE_string(
-        "work_dir", None,
+    _define_if_missing(
+        flags.DEFINE_string, "work_dir", None,
         "Dispatcher state directory (a path every restart of the dispatcher "
         "sees; any file system TensorFlow reads). Required with "
         "--fault_tolerant.")
-    flags.DEFINE_boolean(
-        "fault_tolerant", False,
+    _define_if_missing(
+        flags.DEFINE_boolean, "fault_tolerant", False,
         "Journal the dispatcher's state (registered pipelines, jobs, handed "
         "out streams) to --work_dir before answering, so a restarted "
         "dispatcher resumes its jobs.")
@@ -688,13 +761,14 @@ def define_tf_data_service_flag():
     # The default's one home is the library; imported here so that binaries
     # without a trainer do not load TensorFlow to define their flags.
     from triplet_audio import data_service  # pylint: disable=g-import-not-at-top
-    flags.DEFINE_string(
-        "tf_data_service", None,
+    _define_if_missing(
+        flags.DEFINE_string, "tf_data_service", None,
         "grpc://host:port of a tf.data service dispatcher (bin/data_service) "
         "whose workers run the input pipeline; default: run it in this "
         "process. The workers must read --train_data at the same path.")
-    flags.DEFINE_integer(
-        "tf_data_service_streams", data_service.DEFAULT_NUM_STREAMS,
+    _define_if_missing(
+        flags.DEFINE_integer, "tf_data_service_streams",
+        data_service.DEFAULT_NUM_STREAMS,
         "With --tf_data_service: independent pipeline streams (one seed "
         "each) offered to the workers, so the most workers that contribute, "
         "restarted ones included. The pipeline is built this many times at "

@@ -204,6 +204,37 @@ def build_table1(results_by_name, baseline="logmel", topline=None):
     return "\n".join(lines) + "\n"
 
 
+def table1_rows(results_by_name, baseline="logmel", topline=None):
+    """Table 1 as data (what `build_table1` renders), for report.json.
+
+    Args:
+      results_by_name: {name: results dict}.
+      baseline: see `build_table1`.
+      topline: see `build_table1`.
+
+    Returns:
+      list, in the table's row order, of {"name", "role" ("topline",
+      "baseline" or None), and per Table 1 part {"map", "recovery"}} (NaN
+      where missing or undefined).
+    """
+    base = _find_row(results_by_name, baseline)
+    top = _find_row(results_by_name, topline)
+    rows = []
+    for name in _ordered_names(results_by_name, base, top):
+        row = {"name": name, "role": ("topline" if name == top else
+                                      "baseline" if name == base else None)}
+        for part, _ in TABLE1_PARTS:
+            score = _map_of(results_by_name[name], part)
+            rec = float("nan")
+            if base is not None and top is not None:
+                rec = recovery(score, _map_of(results_by_name[base], part),
+                               _map_of(results_by_name[top], part))
+            row[part] = {"map": float("nan") if score is None else score,
+                         "recovery": rec}
+        rows.append(row)
+    return rows
+
+
 def build_table2(results_by_name):
     """Markdown of the paper's Table 2: few-shot mAP, mean +- std over draws.
 
