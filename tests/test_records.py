@@ -277,8 +277,7 @@ def test_flipped_byte_raises_data_loss_in_strict_mode(corpus):
     # The framing is intact, so only the payload checksum can catch it.
     assert records.check_shard_framing(paths[1]) == _SHARD_SIZES[1]
     with pytest.raises(tf.errors.DataLossError):
-        for _ in records.read_records(directory):
-            pass
+        list(records.read_records(directory))
 
 
 _READ_IDS_SCRIPT = textwrap.dedent("""
