@@ -15,7 +15,6 @@ An empty --naive_batch_sizes= skips the naive form. Calls are timed after a
 warm-up call (tracing, XLA compilation), taking turns between the two forms.
 """
 
-import json
 import os
 import statistics
 import sys
@@ -241,10 +240,8 @@ def main(argv):
                   f"{100 * summary['loss_fraction_of_resnet50_step']:.3f}% "
                   f"of it")
     summary["load_average_1min"] = os.getloadavg()[0]
-    if _OUTPUT_JSON.value:
-        with open(_OUTPUT_JSON.value, "w") as f:
-            json.dump(summary, f, indent=2)
-        print("wrote", _OUTPUT_JSON.value)
+    from machine import write_json  # pylint: disable=g-import-not-at-top
+    write_json(_OUTPUT_JSON.value, summary)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ Each measurement is one warm-up call (tracing) and then --steps timed calls
 fastest call, medians and process CPU seconds are printed beside them.
 """
 
-import json
 import os
 import resource
 import statistics
@@ -297,10 +296,8 @@ def main(argv):
     summary["peak_rss_bytes"] = _peak_rss_bytes()
     print(f"(fastest calls; load average {summary['load_average_1min_end']:.1f}"
           f", peak RSS {summary['peak_rss_bytes'] / 2 ** 30:.1f} GiB)")
-    if _OUTPUT_JSON.value:
-        with open(_OUTPUT_JSON.value, "w") as f:
-            json.dump(summary, f, indent=2)
-        print("wrote", _OUTPUT_JSON.value)
+    from machine import write_json  # pylint: disable=g-import-not-at-top
+    write_json(_OUTPUT_JSON.value, summary)
 
 
 if __name__ == "__main__":

@@ -11,3 +11,13 @@ def cpu_model():
     except OSError:
         pass
     return "unknown"
+
+
+def write_json(path, summary):
+    """Writes a benchmark's figures to `path` (nothing when path is empty)."""
+    import json  # pylint: disable=g-import-not-at-top
+    if not path:
+        return
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=2)
+    print("wrote", path)
