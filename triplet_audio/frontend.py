@@ -56,14 +56,23 @@ def waveform_to_logmel(waveform):
       0 when num_samples < 400.
     """
     waveform = tf.convert_to_tensor(waveform, tf.float32)
-    stft = tf.signal.stft(
-        waveform,
-        frame_length=C.STFT_WINDOW_SAMPLES,
-        frame_step=C.STFT_HOP_SAMPLES,
-        fft_length=C.FFT_LENGTH,
-        window_fn=tf.signal.hann_window,  # periodic=True by default.
-        pad_end=False)
-    magnitude = tf.abs(stft)
+    # The STFT of tf.signal.stft, cheaper: frames are cut FFT_LENGTH wide
+    # under a window zero past its 400 taps, so the FFT needs no padded copy
+    # of every frame, and |X| is taken from its real and imaginary parts
+    # (tf.abs on complex64 costs twice as much). Same frames, same values.
+    tail = C.FFT_LENGTH - C.STFT_WINDOW_SAMPLES
+    if waveform.shape.rank is not None:  # static paddings keep static shapes
+        paddings = [[0, 0]] * (waveform.shape.rank - 1) + [[0, tail]]
+    else:
+        paddings = tf.concat([tf.zeros([tf.rank(waveform) - 1, 2], tf.int32),
+                              [[0, tail]]], axis=0)
+    frames = tf.signal.frame(tf.pad(waveform, paddings), C.FFT_LENGTH,
+                             C.STFT_HOP_SAMPLES)
+    window = tf.pad(tf.signal.hann_window(C.STFT_WINDOW_SAMPLES),
+                    [[0, tail]])  # periodic=True by default.
+    stft = tf.signal.rfft(frames * window, [C.FFT_LENGTH])
+    real, imag = tf.math.real(stft), tf.math.imag(stft)
+    magnitude = tf.sqrt(real * real + imag * imag)
     mel = tf.tensordot(magnitude, _mel_matrix(), axes=1)
     mel.set_shape(magnitude.shape[:-1].concatenate([C.NUM_MEL_BANDS]))
     return tf.math.log(mel + C.LOG_OFFSET)

@@ -275,9 +275,18 @@ def triplets_per_batch(batch_size, input_context=None):
 
 
 def _triplet_batch_to_windows(batch):
-    windows = tf.stack([batch[samplers.ANCHOR], batch[samplers.POSITIVE],
-                        batch[samplers.NEGATIVE]], axis=1)
-    windows = tf.reshape(windows, (-1,) + C.WINDOW_SHAPE)
+    # One copy of every window, straight into the interleaved layout: a
+    # stack of [k, 3, ...] and a reshape cost a second pass, and a separate
+    # map stage for it cost more than the copy (benchmarks/bench_pipeline.py).
+    k = tf.shape(batch[samplers.ANCHOR])[0]
+    first = 3 * tf.range(k)
+    windows = tf.dynamic_stitch(
+        [first, first + 1, first + 2],
+        [batch[samplers.ANCHOR], batch[samplers.POSITIVE],
+         batch[samplers.NEGATIVE]])
+    static_k = batch[samplers.ANCHOR].shape[0]
+    windows.set_shape([None if static_k is None else 3 * static_k] +
+                      list(C.WINDOW_SHAPE))
     labels = batch[samplers.LABELS]
     labels = tf.reshape(labels, [-1] + labels.shape[2:].as_list())
     return windows, labels
@@ -291,32 +300,39 @@ def label_by_recording(triplet):
     why joint needs this.
 
     Args:
-      triplet: a `make_triplets` dict.
+      triplet: a `make_triplets` dict, or a batch of them (`RECORDING_IDS`
+        [..., 3]).
 
     Returns:
-      the dict with int64 `LABELS` [3] replaced.
+      the dict with int64 `LABELS` [..., 3] replaced.
     """
     triplet = dict(triplet)
     ids = triplet[samplers.RECORDING_IDS]
     triplet[samplers.LABELS] = samplers.recording_hash(
-        tf.stack([ids[0], ids[0], ids[2]]))
+        tf.stack([ids[..., 0], ids[..., 0], ids[..., 2]], axis=-1))
     return triplet
 
 
-def batch_triplets(triplets, num_triplets):
+def batch_triplets(triplets, num_triplets, by_recording=False):
     """Batches triplet dicts into (windows [3k, 96, 64], labels) (see LAYOUT).
 
     Args:
       triplets: dataset of triplet dicts (`make_triplets`).
       num_triplets: k, triplets per batch; a short last batch is dropped.
+      by_recording: relabel every triplet by recording
+        (`label_by_recording`), once per batch rather than per triplet.
 
     Returns:
       tf.data.Dataset of (windows float32 [3k, 96, 64], labels int64 [3k] or
       float32 [3k, num_classes]).
     """
+    def to_windows(batch):
+        if by_recording:
+            batch = label_by_recording(batch)
+        return _triplet_batch_to_windows(batch)
+
     ds = triplets.batch(num_triplets, drop_remainder=True)
-    return ds.map(_triplet_batch_to_windows,
-                  num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(to_windows, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 # -------------------------------------------------------------- decoding
@@ -553,6 +569,13 @@ def _drop_valid(triplets):
     return {k: v for k, v in triplets.items() if k != samplers.VALID}
 
 
+def _finish(triplets, as_windows):
+    # as_windows: lay the batch out for the loss inside the sampling map
+    # itself, saving a map stage per batch.
+    triplets = _drop_valid(triplets)
+    return _triplet_batch_to_windows(triplets) if as_windows else triplets
+
+
 def _split_pairs(tensor, k):
     # [2k, ...] -> [k, 2, ...]: consecutive stream elements pair up (a
     # reshape, no copy). k None: a last, short batch; an odd element is left
@@ -565,7 +588,7 @@ def _split_pairs(tensor, k):
 
 
 def _augmentation_batches(name, config, windows, base_seed, k,
-                          drop_remainder):
+                          drop_remainder, as_windows):
     if name == "noise":
         fn = functools.partial(samplers.noise_sampler,
                                sigma=config.noise_sigma)
@@ -581,22 +604,23 @@ def _augmentation_batches(name, config, windows, base_seed, k,
                  for key, value in batch.items()}
         seed = samplers.element_seed(base_seed, index,
                                      pairs[samplers.WINDOW_ID][0, 0])
-        return _drop_valid(fn(pairs, seed))
+        return _finish(fn(pairs, seed), as_windows)
 
     batches = windows.batch(2 * k, drop_remainder=drop_remainder).enumerate()
     return batches.map(sample, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _valid_pair_batches(pairs, is_valid, sampler_fn, k, drop_remainder):
+def _valid_pair_batches(pairs, is_valid, sampler_fn, k, drop_remainder,
+                        as_windows):
     # The validity test is a handful of ops per pair; the sampler runs once
     # per batch of valid pairs.
     ds = pairs.filter(is_valid).batch(k, drop_remainder=drop_remainder)
-    return ds.map(lambda batch: _drop_valid(sampler_fn(batch)),
+    return ds.map(lambda batch: _finish(sampler_fn(batch), as_windows),
                   num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _proximity_batches(config, record_ds, base_seed, window_seed, k,
-                       drop_remainder):
+                       drop_remainder, as_windows):
     dt = float(config.proximity_dt)
     if dt <= C.WINDOW_SECONDS:
         logging.warning(
@@ -617,11 +641,12 @@ def _proximity_batches(config, record_ds, base_seed, window_seed, k,
                                          seed=window_seed)
     return _valid_pair_batches(pairs.batch(2, drop_remainder=True),
                                samplers.proximity_pair_valid,
-                               samplers.proximity_sampler, k, drop_remainder)
+                               samplers.proximity_sampler, k, drop_remainder,
+                               as_windows)
 
 
 def _supervised_batches(config, record_ds, base_seed, window_seed,
-                        num_classes, k, drop_remainder):
+                        num_classes, k, drop_remainder, as_windows):
 
     def labelled_windows(index, record):
         windows = record_to_windows(record, num_classes)
@@ -647,12 +672,18 @@ def _supervised_batches(config, record_ds, base_seed, window_seed,
         window_size=2)
     return _valid_pair_batches(same_class.batch(2, drop_remainder=True),
                                samplers.supervised_pair_valid,
-                               samplers.supervised_sampler, k, drop_remainder)
+                               samplers.supervised_sampler, k, drop_remainder,
+                               as_windows)
 
 
 def _sampler_batches(name, config, file_pattern, seed, input_context,
-                     num_classes, skip_corrupt, k, drop_remainder):
-    """One pass of triplet batch dicts of one (non-joint) sampler."""
+                     num_classes, skip_corrupt, k, drop_remainder,
+                     as_windows=False):
+    """One pass of triplet batches of one (non-joint) sampler.
+
+    Batches are triplet dicts, or with `as_windows` the (windows, labels)
+    layout of this module's docstring.
+    """
     pid = _pipeline_id(input_context)
     tag = samplers.sampler_index(name)
     # Each sampler of a joint mixture reads with its own seeds, so the
@@ -663,14 +694,14 @@ def _sampler_batches(name, config, file_pattern, seed, input_context,
     window_seed = _derive_seed(seed, pid, tag, _WINDOWS)[0]
     if name == "proximity":
         return _proximity_batches(config, record_ds, base_seed, window_seed,
-                                  k, drop_remainder)
+                                  k, drop_remainder, as_windows)
     if name == "supervised":
         return _supervised_batches(config, record_ds, base_seed, window_seed,
-                                   num_classes, k, drop_remainder)
+                                   num_classes, k, drop_remainder, as_windows)
     windows = windows_from_records(record_ds).shuffle(config.shuffle_buffer,
                                                       seed=window_seed)
     return _augmentation_batches(name, config, windows, base_seed, k,
-                                 drop_remainder)
+                                 drop_remainder, as_windows)
 
 
 def _resolve_num_classes(file_pattern, num_classes):
@@ -781,10 +812,9 @@ def make_triplet_dataset(file_pattern, sampler_config, batch_size, seed=0,
         triplets = make_triplets(file_pattern, sampler_config, seed=seed,
                                  input_context=input_context,
                                  skip_corrupt=skip_corrupt, repeat=repeat)
-        if sampler_config.joint_weights.get("proximity", 0) > 0:
-            triplets = triplets.map(label_by_recording,
-                                    num_parallel_calls=tf.data.AUTOTUNE)
-        ds = batch_triplets(triplets, k)
+        ds = batch_triplets(
+            triplets, k,
+            by_recording=sampler_config.joint_weights.get("proximity", 0) > 0)
     else:
         if name == "supervised":
             num_classes = _resolve_num_classes(file_pattern, num_classes)
@@ -792,11 +822,9 @@ def make_triplet_dataset(file_pattern, sampler_config, batch_size, seed=0,
         # vectorised sampler call, already in place.
         ds = _sampler_batches(name, sampler_config, file_pattern, seed,
                               input_context, num_classes, skip_corrupt, k,
-                              drop_remainder=True)
+                              drop_remainder=True, as_windows=True)
         if repeat:
             ds = ds.repeat()
-        ds = ds.map(_triplet_batch_to_windows,
-                    num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True

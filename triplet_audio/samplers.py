@@ -142,18 +142,30 @@ def _sub_seed(seed, tag):
 
 
 # ---------------------------------------------------------- energy domain
-def logmel_to_energy(logmel):
-    """Linear mel energies from log-mels: `max(exp(x) - LOG_OFFSET, 0)`.
-
-    Energies below `ENERGY_FLOOR` are returned as exactly 0.
-    """
-    energy = tf.exp(logmel) - C.LOG_OFFSET
+def _energy_from_exp(exp_logmel):
     # exp(log(0 + offset)) comes back within a float32 ulp (~1e-9) of the
     # offset, on either side. Without the floor a silent (zero-padded) window
     # would have a tiny nonzero total energy made of rounding noise, and the
     # mixing sampler would divide by it and add that noise, rescaled to
-    # alpha * E(x_a), to the positive.
-    return tf.where(energy > ENERGY_FLOOR, energy, tf.zeros_like(energy))
+    # alpha * E(x_a), to the positive. Subtracting the floor as well (1e-8,
+    # invisible after the log) makes this two elementwise passes, not four.
+    return tf.nn.relu(exp_logmel - (C.LOG_OFFSET + ENERGY_FLOOR))
+
+
+def logmel_to_energy(logmel):
+    """Linear mel energies from log-mels: `max(exp(x) - LOG_OFFSET, 0)`.
+
+    Energies at or below `ENERGY_FLOOR` are returned as exactly 0, and the
+    floor is subtracted from the others (an error of ~1e-8 in energy).
+    """
+    return _energy_from_exp(tf.exp(logmel))
+
+
+def _energy_plus_offset(exp_logmel):
+    # energy + LOG_OFFSET in one pass: exp(x) itself, with rounding below the
+    # offset clipped (a zero-energy cell). Within ENERGY_FLOOR of the exact
+    # value, so the log is the same to ~1e-6.
+    return tf.maximum(exp_logmel, C.LOG_OFFSET)
 
 
 def energy_to_logmel(energy):
@@ -176,7 +188,11 @@ def noise_positive(logmel, seed, sigma):
     logmel = tf.convert_to_tensor(logmel, tf.float32)
     eps = tf.random.stateless_normal(tf.shape(logmel), seed, stddev=sigma,
                                      dtype=tf.float32)
-    return energy_to_logmel(logmel_to_energy(logmel) * (1.0 + tf.abs(eps)))
+    exp_logmel = tf.exp(logmel)
+    # log(x (1 + |eps|) + offset), written as log(x + offset + x |eps|) to
+    # save passes over the window; the normal draw is most of the cost.
+    return tf.math.log(_energy_plus_offset(exp_logmel) +
+                       _energy_from_exp(exp_logmel) * tf.abs(eps))
 
 
 def translation_shifts(seed, max_shift, shape=()):
@@ -264,14 +280,15 @@ def mixing_positive(anchor, negative, alpha):
       float32 `[..., T, F]` log-mels. A silent negative (E(x_n) = 0) adds
       nothing, so the positive is the anchor (in the energy domain).
     """
-    e_a = logmel_to_energy(tf.convert_to_tensor(anchor, tf.float32))
+    exp_a = tf.exp(tf.convert_to_tensor(anchor, tf.float32))
     e_n = logmel_to_energy(tf.convert_to_tensor(negative, tf.float32))
     # float32 totals are enough: the tree reduction's relative error (~1e-6)
     # moves the positive's log-mels by ~1e-7.
-    total_a = tf.reduce_sum(e_a, axis=[-2, -1], keepdims=True)
+    total_a = tf.reduce_sum(_energy_from_exp(exp_a), axis=[-2, -1],
+                            keepdims=True)
     total_n = tf.reduce_sum(e_n, axis=[-2, -1], keepdims=True)
     scale = alpha * tf.math.divide_no_nan(total_a, total_n)
-    return energy_to_logmel(e_a + scale * e_n)
+    return tf.math.log(_energy_plus_offset(exp_a) + scale * e_n)
 
 
 def proximity_partners(start_times, seed, dt):
