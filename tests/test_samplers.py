@@ -188,10 +188,16 @@ def test_translation_of_a_batch_shifts_each_window_on_its_own(rng):
 
 def test_translation_vacated_bins_have_zero_energy(rng):
     x = _window(rng)
-    p = samplers.translate(x, 0, 7, 10).numpy()
+    p = samplers.translate(x, 0, 7).numpy()
     np.testing.assert_array_equal(p[:, :7], ZERO_LOGMEL)
     assert _np_energy(p[:, :7]).max() < 1e-8
     np.testing.assert_array_equal(p[:, 7:], x[:, :-7])
+    down = samplers.translate(x, 0, -7).numpy()
+    np.testing.assert_array_equal(down[:, -7:], ZERO_LOGMEL)
+    np.testing.assert_array_equal(down[:, :-7], x[:, 7:])
+    for beyond in (C.NUM_MEL_BANDS, -C.NUM_MEL_BANDS - 3):
+        np.testing.assert_array_equal(samplers.translate(x, 0, beyond),
+                                      np.full_like(x, ZERO_LOGMEL))
     np.testing.assert_array_equal(
         samplers.translation_positive(x, _seed(1), 0).numpy(),
         np.roll(x, int(samplers.translation_shifts(_seed(1), 0)[0]), axis=0))

@@ -216,7 +216,7 @@ def translation_shifts(seed, max_shift, shape=()):
     return time_shift, freq_shift
 
 
-def translate(logmel, time_shift, freq_shift, max_shift):
+def translate(logmel, time_shift, freq_shift):
     """Circular time shift, then truncated frequency shift with zero energy.
 
     Output cell `[t, f]` of each window is its input cell
@@ -227,8 +227,8 @@ def translate(logmel, time_shift, freq_shift, max_shift):
     Args:
       logmel: float32 `[..., T, F]`.
       time_shift: int tensor of the leading shape `[...]`, in [0, T).
-      freq_shift: int tensor of the leading shape, in [-max_shift, max_shift].
-      max_shift: the bound on `|freq_shift|` (sizes the padding).
+      freq_shift: int tensor of the leading shape; a shift of F or more in
+        either direction leaves only zero energy.
 
     Returns:
       float32 `[..., T, F]`.
@@ -238,15 +238,20 @@ def translate(logmel, time_shift, freq_shift, max_shift):
     x = tf.reshape(logmel, (-1,) + C.WINDOW_SHAPE)
     time_shift = tf.reshape(tf.cast(time_shift, tf.int32), [-1, 1])
     freq_shift = tf.reshape(tf.cast(freq_shift, tf.int32), [-1, 1])
-    # Gathers with per-window index maps: exact (values are only moved) and
-    # one op for a whole batch of windows, each with its own shifts.
+    # Both shifts are gathers of whole rows with a per-window index map:
+    # exact (values are only moved) and one op for a batch of windows, each
+    # with its own shifts. Frequency rows are reached through a transpose:
+    # gathering single cells along the last axis cost 5x as much.
     frames = tf.range(C.WINDOW_FRAMES)[None, :]
     x = tf.gather(x, (frames - time_shift) % C.WINDOW_FRAMES, axis=1,
                   batch_dims=1)
-    x = tf.pad(x, [[0, 0], [0, 0], [max_shift, max_shift]],
+    # [n, F + 1, T]: band F is a zero-energy row for vacated bins.
+    x = tf.pad(tf.transpose(x, [0, 2, 1]), [[0, 0], [0, 1], [0, 0]],
                constant_values=ZERO_ENERGY_LOGMEL)
-    bands = tf.range(C.NUM_MEL_BANDS)[None, :]
-    x = tf.gather(x, max_shift - freq_shift + bands, axis=2, batch_dims=1)
+    source = tf.range(C.NUM_MEL_BANDS)[None, :] - freq_shift
+    source = tf.where((source >= 0) & (source < C.NUM_MEL_BANDS), source,
+                      C.NUM_MEL_BANDS)
+    x = tf.transpose(tf.gather(x, source, axis=1, batch_dims=1), [0, 2, 1])
     out = tf.reshape(x, shape)
     return tf.ensure_shape(out, logmel.shape)
 
@@ -265,7 +270,7 @@ def translation_positive(logmel, seed, max_shift):
     logmel = tf.convert_to_tensor(logmel, tf.float32)
     time_shift, freq_shift = translation_shifts(seed, max_shift,
                                                 tf.shape(logmel)[:-2])
-    return translate(logmel, time_shift, freq_shift, max_shift)
+    return translate(logmel, time_shift, freq_shift)
 
 
 def mixing_positive(anchor, negative, alpha):
