@@ -111,6 +111,32 @@ def test_noise_positive_follows_the_law_cellwise(rng):
     assert d_wrong > 3 * _ks_critical(n), d_wrong
 
 
+def _half_normal_cdf(v):
+    return _erf(np.asarray(v) / math.sqrt(2.0))
+
+
+def test_half_normal_draws_are_iid_half_normal():
+    shape = (3, 101, 64)  # an odd count: the last pair is cut in half
+    z = _assert_same_eager_and_map(
+        lambda unused, s: samplers.half_normal(shape, s), np.zeros(1),
+        _seed(5))
+    assert z.shape == shape and z.min() >= 0
+    flat = z.ravel()
+    n = flat.size
+    assert _ks_statistic(flat, _half_normal_cdf) < _ks_critical(n)
+    # Power: a normal of scale 1.1 is rejected on the same sample.
+    assert _ks_statistic(flat, lambda v: _half_normal_cdf(v / 1.1)) > (
+        3 * _ks_critical(n))
+    # Independence: the two draws of a Box-Muller pair (half the array
+    # apart), neighbouring cells, and |z|^2 (the radius) are uncorrelated.
+    half = (n + 1) // 2
+    for a, b in ((flat[:n - half], flat[half:]), (flat[:-1], flat[1:]),
+                 (flat[:n - half] ** 2, flat[half:] ** 2)):
+        assert abs(np.corrcoef(a, b)[0, 1]) < 4 / math.sqrt(len(a))
+    other = samplers.half_normal(shape, _seed(6)).numpy()
+    assert abs(np.corrcoef(flat, other.ravel())[0, 1]) < 4 / math.sqrt(n)
+
+
 def test_noise_ks_matches_scipy_when_available(rng):
     stats = pytest.importorskip("scipy.stats")
     x = _window(rng)

@@ -351,7 +351,7 @@ def _audio_windows(waveform):
 
 
 @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)],
-             reduce_retracing=True)
+             reduce_retracing=True, autograph=False)  # see frontend.windows_fn
 def _windows_fn(waveform):
     return frontend.waveform_to_windows(waveform, pad_short=True)
 
