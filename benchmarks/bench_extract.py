@@ -22,8 +22,14 @@ With one worker the extraction runs in the calling process; this script
 pins TensorFlow to one thread there first, so that one worker is one core as
 it is for the spawned workers.
 
+With --long_files=N the recordings are first concatenated (a seeded draw,
+with repeats) into N files of --long_seconds each, 16-bit WAV at the input
+rate, in a temporary directory: the per-file costs of sub-second clips then
+fall away, as they do on a corpus of long recordings (the usual case).
+
   .venv/bin/python benchmarks/bench_extract.py [--data_dir=DIR]
-      [--workers=1,2] [--num_shards=8] [--output_json=PATH]
+      [--workers=1,2] [--num_shards=8] [--long_files=240 --long_seconds=60]
+      [--output_json=PATH]
 """
 
 import json
@@ -52,6 +58,12 @@ _NUM_SHARDS = flags.DEFINE_integer("num_shards", 8, "Shards to write.",
                                    lower_bound=1)
 _OUTPUT_JSON = flags.DEFINE_string(
     "output_json", None, "If set, also write the figures as JSON here.")
+_LONG_FILES = flags.DEFINE_integer(
+    "long_files", 0, "If > 0, time N long files made by concatenating the "
+    "recordings of --data_dir instead of the recordings themselves.",
+    lower_bound=0)
+_LONG_SECONDS = flags.DEFINE_float(
+    "long_seconds", 60.0, "Length of each --long_files file in seconds.")
 _CHILD = flags.DEFINE_integer(
     "child_workers", None, "Internal: run one configuration in this process "
     "and print its figures as JSON.")
@@ -63,6 +75,33 @@ def _cpu_seconds():
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (own.ru_utime + own.ru_stime + children.ru_utime +
             children.ru_stime)
+
+
+def _write_long_files(source_dir, target_dir, count, seconds, seed=0):
+    """Concatenates random recordings into `count` files of `seconds` each."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    import soundfile  # pylint: disable=g-import-not-at-top
+    clips, rate = [], None
+    for root, _, names in os.walk(source_dir):
+        for name in sorted(names):
+            try:
+                audio, clip_rate = soundfile.read(os.path.join(root, name),
+                                                  dtype="float32")
+            except RuntimeError:
+                continue  # not audio
+            if audio.ndim == 1 and clip_rate == (rate or clip_rate):
+                rate = clip_rate
+                clips.append(audio)
+    if not clips:
+        raise app.UsageError("--data_dir: no mono audio in %s" % source_dir)
+    rng = np.random.default_rng(seed)
+    for n in range(count):
+        pieces, total = [], 0
+        while total < seconds * rate:
+            pieces.append(clips[rng.integers(len(clips))])
+            total += pieces[-1].shape[0]
+        soundfile.write(os.path.join(target_dir, "long%05d.wav" % n),
+                        np.concatenate(pieces), rate, subtype="PCM_16")
 
 
 def _run_child(workers):
@@ -130,15 +169,28 @@ def main(argv):
         return 0
     if not os.path.isdir(_DATA_DIR.value):
         raise app.UsageError("--data_dir: no directory %s" % _DATA_DIR.value)
+    with tempfile.TemporaryDirectory() as long_dir:
+        data_dir = _DATA_DIR.value
+        if _LONG_FILES.value:
+            _write_long_files(data_dir, long_dir, _LONG_FILES.value,
+                              _LONG_SECONDS.value)
+            data_dir = long_dir
+            print("long files: %d x %.0f s concatenated from %s" % (
+                _LONG_FILES.value, _LONG_SECONDS.value, _DATA_DIR.value))
+        return _benchmark(data_dir)
+
+
+def _benchmark(data_dir):
+    """Times each worker count on `data_dir`; prints and writes figures."""
     print("bench_extract: %s, %d shards, %d CPU cores on this machine" %
-          (_DATA_DIR.value, _NUM_SHARDS.value, os.cpu_count()))
+          (data_dir, _NUM_SHARDS.value, os.cpu_count()))
     rows = []
     for workers in (int(w) for w in _WORKERS.value):
         # A fresh process per configuration: TF's thread pools are sized
         # once, and no run inherits another's warm caches.
         child = subprocess.run(
             [sys.executable, os.path.abspath(__file__),
-             "--data_dir=" + _DATA_DIR.value,
+             "--data_dir=" + data_dir,
              "--num_shards=%d" % _NUM_SHARDS.value,
              "--child_workers=%d" % workers],
             capture_output=True, text=True, check=False)
@@ -150,6 +202,9 @@ def main(argv):
     if _OUTPUT_JSON.value:
         with open(_OUTPUT_JSON.value, "w") as f:
             json.dump({"target_rtf_per_core": TARGET_RTF_PER_CORE,
+                       "data_dir": _DATA_DIR.value,
+                       "long_files": _LONG_FILES.value,
+                       "long_seconds": _LONG_SECONDS.value,
                        "runs": rows}, f, indent=1)
     return 0
 
