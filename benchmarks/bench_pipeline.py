@@ -8,6 +8,9 @@ and 2 cores times one pass of
             (`pipeline.make_window_dataset`, no shuffle): the floor, and
   <sampler> `pipeline.make_triplet_dataset(..., repeat=False)` for every
             sampler (joint reads the corpus once per mixed sampler),
+  floor     the mixing pipeline with a positive that is a copy of its
+            anchor: what the shuffle, the pairing and the batch layout cost
+            before a sampler computes anything,
 
 and prints windows/s: "read" = corpus windows consumed per second (the same
 unit as parse-only; the overhead ratio parse/read - 1 uses it), "out" =
@@ -112,6 +115,7 @@ def _child(cores):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from triplet_audio import flagdefs  # pylint: disable=g-import-not-at-top
     from triplet_audio import pipeline  # pylint: disable=g-import-not-at-top
+    from triplet_audio import samplers  # pylint: disable=g-import-not-at-top
     tf.config.threading.set_intra_op_parallelism_threads(cores)
     tf.config.threading.set_inter_op_parallelism_threads(cores)
     options = tf.data.Options()
@@ -134,13 +138,25 @@ def _child(cores):
                                            repeat=False)
         return ds.with_options(options)
 
+    def floor_ds():
+        # Datasets trace their functions when built, so the stand-in
+        # positive only needs to be in place while this one is built.
+        original = samplers.mixing_positive
+        samplers.mixing_positive = lambda anchor, negative, alpha: (
+            tf.identity(anchor))
+        try:
+            return sampler_ds("mixing")
+        finally:
+            samplers.mixing_positive = original
+
     def reads(name):
         if name != "joint":
             return corpus_windows
         parts = pipeline.SamplerConfig(sampler="joint").active_joint_samplers()
         return corpus_windows * len(parts)
 
-    pipelines = [("parse", parse_only, corpus_windows)]
+    pipelines = [("parse", parse_only, corpus_windows),
+                 ("floor", floor_ds, corpus_windows)]
     for name in _SAMPLERS.value:
         if name not in flagdefs.SAMPLERS:
             raise ValueError("--samplers: unknown sampler %r" % name)
