@@ -261,9 +261,12 @@ def test_every_shard_truncated_raises(corpus):
         records.read_records(directory, skip_corrupt=True)
 
 
-def _flip_payload_byte(path, record_index):
+def _flip_payload_byte(path, record_index, where="payload"):
     offset, length = _record_offsets(path)[record_index]
-    position = offset + _HEADER_BYTES + length // 2
+    # "header": a byte of the length's own checksum, so the framing still
+    # walks and only the reader's header check can catch it.
+    position = (offset + 9 if where == "header"
+                else offset + _HEADER_BYTES + length // 2)
     with open(path, "r+b") as f:
         f.seek(position)
         byte = f.read(1)
@@ -271,13 +274,35 @@ def _flip_payload_byte(path, record_index):
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
-def test_flipped_byte_raises_data_loss_in_strict_mode(corpus):
+@pytest.mark.parametrize("where", ["payload", "header"])
+def test_flipped_byte_raises_data_loss_naming_the_shard(corpus, where):
     directory, paths, _ = corpus
-    _flip_payload_byte(paths[1], record_index=1)
+    _flip_payload_byte(paths[1], record_index=1, where=where)
     # The framing is intact, so only the payload checksum can catch it.
     assert records.check_shard_framing(paths[1]) == _SHARD_SIZES[1]
-    with pytest.raises(tf.errors.DataLossError):
+    with pytest.raises(tf.errors.DataLossError) as raised:
         list(records.read_records(directory))
+    # TensorFlow's message has the offset but not the file; the shard is
+    # found from the offset.
+    offset = _record_offsets(paths[1])[1][0]
+    assert records.locate_corrupt_records(paths, raised.value) == [
+        (paths[1], offset)]
+    error = records.data_loss_error(paths, raised.value)
+    assert isinstance(error, records.CorruptShardError)
+    assert "%s: corrupt record at byte %d" % (paths[1], offset) in str(error)
+    assert "--skip_corrupt" in str(error)
+
+
+def test_data_loss_without_a_located_record_lists_the_shards(corpus):
+    _, paths, _ = corpus
+    # Intact shards: whatever record the offset names passes its checksum.
+    offset = _record_offsets(paths[0])[1][0]
+    message = "corrupted record at %d" % offset
+    assert records.locate_corrupt_records(paths, message) == []
+    assert records.locate_corrupt_records(paths, "no offset here") == []
+    error = str(records.data_loss_error(paths, message))
+    assert "one of %d shards" % len(paths) in error and paths[0] in error
+    assert message in error and "--skip_corrupt" in error
 
 
 _READ_IDS_SCRIPT = textwrap.dedent("""

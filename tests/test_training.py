@@ -344,6 +344,42 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
 
 
+def _flip_byte_of_last_record(path):
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    offset = 0
+    while True:  # walk to the last record: 8-byte length, CRCs of 4 bytes
+        (length,) = np.frombuffer(bytes(data[offset:offset + 8]), "<u8")
+        end = offset + 12 + int(length) + 4
+        if end >= len(data):
+            break
+        offset = end
+    data[offset + 12 + int(length) // 2] ^= 0xFF
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+    return offset
+
+
+def test_corrupt_record_names_the_shard_and_skip_corrupt_trains(
+        corpus, tmp_path):
+    bad_corpus = write_corpus(str(tmp_path / "corpus"))
+    shard = records.list_shards(bad_corpus)[1]
+    offset = _flip_byte_of_last_record(shard)
+    config = make_config(bad_corpus, tmp_path / "run", sampler="noise",
+                         steps=200)
+    with pytest.raises(records.CorruptShardError) as raised:
+        training.train(config)
+    message = str(raised.value)
+    assert "%s: corrupt record at byte %d" % (shard, offset) in message
+    assert "--skip_corrupt" in message
+    # A run that had taken steps keeps them in a checkpoint.
+    step = checkpoint_step(str(tmp_path / "run"))
+    assert step is None or 0 < step < 200
+    training.train(make_config(bad_corpus, tmp_path / "skipping",
+                               sampler="noise", steps=3, skip_corrupt=True))
+    assert checkpoint_step(str(tmp_path / "skipping")) == 3
+
+
 # ----------------------------------------------------- signals (bin/train)
 def _train_command(corpus, model_dir, steps, checkpoint_every):
     return [sys.executable, BIN_TRAIN, "--flagfile=flags/demo.cfg",

@@ -31,7 +31,9 @@ consume; nothing downstream of it sees the file format.
 import glob
 import json
 import os
+import re
 import struct
+import tempfile
 
 from absl import logging
 import numpy as np
@@ -166,6 +168,33 @@ class CorruptShardError(ValueError):
     """A shard's record framing is truncated or corrupt."""
 
 
+def _record_frames(path):
+    """Yields (offset, payload length) of each record, reading only headers.
+
+    Raises:
+      CorruptShardError: naming `path` and the byte offset, if a header or
+        payload runs past the end of the file.
+    """
+    size = os.path.getsize(path)
+    offset = 0
+    with open(path, "rb") as f:
+        while offset < size:
+            header = f.read(12)
+            if len(header) < 12:
+                raise CorruptShardError(
+                    "%s: truncated record header at byte %d (file has %d bytes)"
+                    % (path, offset, size))
+            (length,) = struct.unpack("<Q", header[:8])
+            end = offset + 12 + length + 4
+            if end > size:
+                raise CorruptShardError(
+                    "%s: truncated record at byte %d: needs %d bytes, file has %d"
+                    % (path, offset, end, size))
+            yield offset, length
+            offset = end
+            f.seek(offset)
+
+
 def check_shard_framing(path):
     """Walks a TFRecord file's length headers without reading payloads.
 
@@ -182,26 +211,89 @@ def check_shard_framing(path):
       CorruptShardError: naming `path` and the byte offset, if a header or
         payload runs past the end of the file.
     """
-    size = os.path.getsize(path)
-    count = 0
-    offset = 0
+    return sum(1 for _ in _record_frames(path))
+
+
+# How TensorFlow's record reader reports a checksum mismatch, without the
+# file: the offset is where the record starts (a bad header) or where its
+# payload starts, 12 bytes on (a bad payload).
+_CORRUPT_RECORD_AT = re.compile(r"corrupted record at (\d+)")
+
+
+def _record_is_intact(path, offset, length):
+    # TensorFlow's own reader checks the CRCs of this one record, copied
+    # into a file of its own.
     with open(path, "rb") as f:
-        while offset < size:
-            header = f.read(12)
-            if len(header) < 12:
-                raise CorruptShardError(
-                    "%s: truncated record header at byte %d (file has %d bytes)"
-                    % (path, offset, size))
-            (length,) = struct.unpack("<Q", header[:8])
-            end = offset + 12 + length + 4
-            if end > size:
-                raise CorruptShardError(
-                    "%s: truncated record at byte %d: needs %d bytes, file has %d"
-                    % (path, offset, end, size))
-            offset = end
-            f.seek(offset)
-            count += 1
-    return count
+        f.seek(offset)
+        framed = f.read(12 + length + 4)
+    with tempfile.TemporaryDirectory() as scratch:
+        single = os.path.join(scratch, "record.tfrecord")
+        with open(single, "wb") as f:
+            f.write(framed)
+        try:
+            for _ in tf.data.TFRecordDataset(single):
+                pass
+        except tf.errors.DataLossError:
+            return False
+    return True
+
+
+def locate_corrupt_records(paths, error):
+    """Finds which shard a checksum error of `tf.data` came from.
+
+    TensorFlow's reader says "corrupted record at <offset>" without the
+    file. This walks the record headers of `paths` (one seek per record) and
+    checks the record at that offset (its start or its payload's) in each
+    shard that has one.
+
+    Args:
+      paths: the shard paths that were being read.
+      error: the `tf.errors.DataLossError` (or its message).
+
+    Returns:
+      list of (path, offset) of corrupt records found; empty when the
+      message has no offset or no shard matches.
+    """
+    match = _CORRUPT_RECORD_AT.search(str(error))
+    if not match:
+        return []
+    reported = int(match.group(1))
+    found = []
+    for path in paths:
+        try:
+            frames = dict(_record_frames(path))
+        except (CorruptShardError, OSError):
+            continue  # named by the framing check, or gone
+        for start in (reported, reported - 12):
+            if start in frames and not _record_is_intact(path, start,
+                                                         frames[start]):
+                found.append((path, start))
+                break
+    return found
+
+
+def data_loss_error(paths, error):
+    """A `CorruptShardError` naming the shard behind a `DataLossError`.
+
+    Args:
+      paths: the shard paths that were being read.
+      error: the `tf.errors.DataLossError` raised while reading them.
+
+    Returns:
+      `CorruptShardError` to raise (from `error`).
+    """
+    hint = ("rerun with --skip_corrupt to skip corrupt records (each is "
+            "logged), or re-extract the shard")
+    found = locate_corrupt_records(paths, error)
+    if found:
+        return CorruptShardError("%s; %s" % ("; ".join(
+            "%s: corrupt record at byte %d (checksum mismatch)" % hit
+            for hit in found), hint))
+    message = getattr(error, "message", str(error))
+    return CorruptShardError(
+        "a record in one of %d shards (%s%s) is corrupt: %s; %s" % (
+            len(paths), ", ".join(paths[:3]), ", ..." if len(paths) > 3
+            else "", message, hint))
 
 
 def list_shards(file_pattern):

@@ -559,6 +559,14 @@ def train(config):
                         "a smaller --batch_size" % (
                             config.train_data, config.sampler.sampler,
                             config.batch_size)) from None
+                except tf.errors.DataLossError as e:
+                    # A bad checksum mid-epoch: keep the steps done since the
+                    # last checkpoint (a lone worker cannot save
+                    # consistently under multi_worker) and name the shard.
+                    if step > start_step and config.strategy != "multi_worker":
+                        save()
+                    raise records.data_loss_error(
+                        records.list_shards(config.train_data), e) from e
                 if handler is not None:
                     out = handler.run(train_step, batch)
                 else:
