@@ -54,3 +54,21 @@ def test_bad_flags_one_line_error(tmp_path):
     assert proc.returncode != 0
     assert "--train_data" in proc.stderr.strip().splitlines()[-1]
     assert not os.path.exists(str(tmp_path / "x.png"))
+
+
+def test_corrupt_record_is_a_one_line_error_naming_the_shard(tmp_path):
+    corpus = _corpus(str(tmp_path / "corpus"))
+    shard = records.list_shards(corpus)[0]
+    with open(shard, "r+b") as f:  # a payload byte of the first record
+        f.seek(12 + 100)
+        byte = f.read(1)
+        f.seek(12 + 100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    out = str(tmp_path / "grid.png")
+    proc = _run("--train_data=" + corpus, "--sampler=noise",
+                "--output=" + out, "--num_triplets=3")
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "%s: corrupt record at byte 0" % shard in last, last
+    assert "--skip_corrupt" in last
+    assert not os.path.exists(out)

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from triplet_audio import constants as C
 from triplet_audio import flagdefs
+from triplet_audio import records
 from triplet_audio import samplers
 
 COLUMNS = ("anchor", "positive", "negative")
@@ -140,8 +141,12 @@ def inspect(file_pattern, output, sampler_config, num_triplets=6, seed=0):
     dataset = pipeline.make_triplet_dataset(
         file_pattern, sampler_config, 3 * num_triplets, seed=seed,
         repeat=False)
-    path = save_triplet_grid(dataset, output, num_triplets=num_triplets,
-                             sampler=sampler_config.sampler)
+    try:
+        path = save_triplet_grid(dataset, output, num_triplets=num_triplets,
+                                 sampler=sampler_config.sampler)
+    except tf.errors.DataLossError as e:
+        raise records.data_loss_error(records.list_shards(file_pattern),
+                                      e) from e
     logging.info("wrote %d %s triplets to %s", num_triplets,
                  sampler_config.sampler, output)
     return path or output
