@@ -183,7 +183,8 @@ def half_normal(shape, seed):
     elementwise ops are vectorised. Each pair of uniforms (u, v) gives the
     pair r |cos(theta)|, r |sin(theta)| with r = sqrt(-2 log(1 - u)) and
     theta = v pi / 2: a quarter turn is enough, since only |z| is wanted.
-    As 1 - u >= 2**-24, draws are capped at 5.77 (P(|z| > 5.77) ~ 8e-9).
+    TF's float32 uniforms are multiples of 2**-23 below 1, so draws are
+    capped at 5.65 (P(|z| > 5.65) ~ 2e-8).
 
     Args:
       shape: 1-D int shape of the output.
