@@ -40,10 +40,11 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+import random_corpus  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _NUM_RECORDINGS = flags.DEFINE_integer("num_recordings", 500,
                                        "Recordings in the synthetic corpus.")
@@ -68,29 +69,6 @@ _OUTPUT_JSON = flags.DEFINE_string("output_json", None,
                                    "Also write the figures here as JSON.")
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def write_corpus(directory, num_recordings, windows, num_shards):
-    """Writes random-window records; returns the number of windows."""
-    # pylint: disable=g-import-not-at-top
-    import tensorflow as tf
-    from triplet_audio import constants as C
-    from triplet_audio import records
-    # pylint: enable=g-import-not-at-top
-    os.makedirs(directory, exist_ok=True)
-    rng = np.random.default_rng(0)
-    writers = [tf.io.TFRecordWriter(os.path.join(
-        directory, records.shard_name(i, num_shards)))
-        for i in range(num_shards)]
-    times = np.arange(windows) * C.WINDOW_SECONDS
-    for r in range(num_recordings):
-        logmel = rng.normal(0.0, 2.0, (windows,) + C.WINDOW_SHAPE).astype(
-            np.float32)
-        example = records.make_example(logmel, times, "rec%06d" % r)
-        writers[r % num_shards].write(example.SerializeToString())
-    for w in writers:
-        w.close()
-    return num_recordings * windows
 
 
 def _has_shards(directory):
@@ -210,8 +188,8 @@ def main(argv):
     corpus = _CORPUS_DIR.value or tempfile.mkdtemp(prefix="bench_service_")
     try:
         if not _has_shards(corpus):
-            write_corpus(corpus, _NUM_RECORDINGS.value, _WINDOWS.value,
-                         _NUM_SHARDS.value)
+            random_corpus.write_corpus(corpus, _NUM_RECORDINGS.value,
+                                       _WINDOWS.value, _NUM_SHARDS.value)
         results = {}
         for count in counts:
             results[count] = run_config(corpus, count)

@@ -47,10 +47,11 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+import random_corpus  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _NUM_RECORDINGS = flags.DEFINE_integer("num_recordings", 2000,
                                        "Recordings in the synthetic corpus.")
@@ -80,33 +81,6 @@ TARGET_OVERHEAD = 0.30
 # What ResNet-50 consumes on one H100 (the issue's figure, low end): the
 # "cores/GPU" column is this over the windows delivered per second per core.
 GPU_WINDOWS_PER_S = 15000.0
-
-
-def write_corpus(directory, num_recordings, windows, num_shards, num_classes):
-    """Writes the synthetic corpus and its manifest; returns window count."""
-    # pylint: disable=g-import-not-at-top
-    import tensorflow as tf
-    from triplet_audio import constants as C
-    from triplet_audio import records
-    # pylint: enable=g-import-not-at-top
-    os.makedirs(directory, exist_ok=True)
-    rng = np.random.default_rng(0)
-    writers = [tf.io.TFRecordWriter(os.path.join(
-        directory, records.shard_name(i, num_shards)))
-        for i in range(num_shards)]
-    times = np.arange(windows) * C.WINDOW_SECONDS
-    for r in range(num_recordings):
-        logmel = rng.normal(0.0, 2.0, (windows,) + C.WINDOW_SHAPE).astype(
-            np.float32)
-        labels = rng.choice(num_classes, size=1 + r % 2, replace=False)
-        example = records.make_example(logmel, times, "rec%06d" % r,
-                                       labels=labels)
-        writers[r % num_shards].write(example.SerializeToString())
-    for w in writers:
-        w.close()
-    with open(os.path.join(directory, records.MANIFEST_NAME), "w") as f:
-        json.dump({"classes": ["class%d" % i for i in range(num_classes)]}, f)
-    return num_recordings * windows
 
 
 def _child(cores):
@@ -254,8 +228,9 @@ def main(argv):
         corpus = _CORPUS_DIR.value
         if not os.path.exists(os.path.join(corpus, "manifest.json")):
             t0 = time.perf_counter()
-            n = write_corpus(corpus, _NUM_RECORDINGS.value, _WINDOWS.value,
-                             _NUM_SHARDS.value, _NUM_CLASSES.value)
+            n = random_corpus.write_corpus(
+                corpus, _NUM_RECORDINGS.value, _WINDOWS.value,
+                _NUM_SHARDS.value, _NUM_CLASSES.value)
             print("wrote %d windows (%d recordings, %d shards) in %.1f s" % (
                 n, _NUM_RECORDINGS.value, _NUM_SHARDS.value,
                 time.perf_counter() - t0))

@@ -167,8 +167,9 @@ def define_train_flags():
         "same cores, so it is not faster.", lower_bound=0)
     _define_if_missing(
         flags.DEFINE_boolean, "skip_corrupt", False,
-        "Skip corrupt shards/records (with a warning) instead "
-        "of stopping.")
+        "Skip corrupt shards (truncated) and records (checksum mismatch), "
+        "each logged, instead of stopping with an error that names the "
+        "shard.")
     define_tf_data_service_flag()
 
 
