@@ -178,28 +178,19 @@ def build_table1(results_by_name, baseline="logmel", topline=None):
     Returns:
       The table as a Markdown string (ending in a newline).
     """
-    base = _find_row(results_by_name, baseline)
-    top = _find_row(results_by_name, topline)
     header = ["Representation"]
     for _, title in TABLE1_PARTS:
         header += ["%s mAP" % title, "%s recovery" % title]
     lines = ["| " + " | ".join(header) + " |",
              "|" + "---|" * len(header)]
-    for name in _ordered_names(results_by_name, base, top):
-        results = results_by_name[name]
-        label = _md_escape(name)
-        if name == top:
-            label += " (topline)"
-        elif name == base:
-            label += " (baseline)"
+    for row in table1_rows(results_by_name, baseline, topline):
+        label = _md_escape(row["name"])
+        if row["role"]:
+            label += " (%s)" % row["role"]
         cells = [label]
         for part, _ in TABLE1_PARTS:
-            score = _map_of(results, part)
-            rec = float("nan")
-            if base is not None and top is not None:
-                rec = recovery(score, _map_of(results_by_name[base], part),
-                               _map_of(results_by_name[top], part))
-            cells += [_fmt_map(score), _fmt_recovery(rec)]
+            cells += [_fmt_map(row[part]["map"]),
+                      _fmt_recovery(row[part]["recovery"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
