@@ -165,7 +165,7 @@ def example_to_numpy(example):
 
 
 class CorruptShardError(ValueError):
-    """A shard's record framing is truncated or corrupt."""
+    """A shard is truncated or holds a record that fails its checksum."""
 
 
 def _record_frames(path):
