@@ -348,7 +348,7 @@ def _run_benchmark():
         cpu_ratio, TARGET_TF_OVER_NUMPY,
         verdict(cpu_ratio >= TARGET_TF_OVER_NUMPY)))
     print("max |TF - NumPy float64| log-mel: %.2e" % max_abs_diff)
-    fft_share = (figures["tf_rfft_only_1_thread"]["min_seconds"] / tf1)
+    fft_share = figures["tf_rfft_only_1_thread"]["min_seconds"] / tf1
     fft_ratio = (figures["numpy_rfft_only_1_thread"]["min_seconds"] /
                  figures["tf_rfft_only_1_thread"]["min_seconds"])
     summary["tf_rfft_share_of_front_end"] = fft_share

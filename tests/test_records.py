@@ -278,7 +278,7 @@ def _flip_payload_byte(path, record_index, where="payload"):
 def test_flipped_byte_raises_data_loss_naming_the_shard(corpus, where):
     directory, paths, _ = corpus
     _flip_payload_byte(paths[1], record_index=1, where=where)
-    # The framing is intact, so only the payload checksum can catch it.
+    # The framing is intact, so only the reader's checksums can catch it.
     assert records.check_shard_framing(paths[1]) == _SHARD_SIZES[1]
     with pytest.raises(tf.errors.DataLossError) as raised:
         list(records.read_records(directory))

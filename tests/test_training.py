@@ -345,23 +345,16 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(
 
 
 def _flip_byte_of_last_record(path):
-    with open(path, "rb") as f:
-        data = bytearray(f.read())
-    offset = 0
-    while True:  # walk to the last record: 8-byte length, CRCs of 4 bytes
-        (length,) = np.frombuffer(bytes(data[offset:offset + 8]), "<u8")
-        end = offset + 12 + int(length) + 4
-        if end >= len(data):
-            break
-        offset = end
-    data[offset + 12 + int(length) // 2] ^= 0xFF
-    with open(path, "wb") as f:
-        f.write(bytes(data))
+    offset, length = list(records.record_frames(path))[-1]
+    with open(path, "r+b") as f:  # a payload byte, past the 12-byte header
+        f.seek(offset + 12 + length // 2)
+        byte = f.read(1)
+        f.seek(offset + 12 + length // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
     return offset
 
 
-def test_corrupt_record_names_the_shard_and_skip_corrupt_trains(
-        corpus, tmp_path):
+def test_corrupt_record_names_the_shard_and_skip_corrupt_trains(tmp_path):
     bad_corpus = write_corpus(str(tmp_path / "corpus"))
     shard = records.list_shards(bad_corpus)[1]
     offset = _flip_byte_of_last_record(shard)

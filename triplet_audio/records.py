@@ -168,8 +168,11 @@ class CorruptShardError(ValueError):
     """A shard is truncated or holds a record that fails its checksum."""
 
 
-def _record_frames(path):
+def record_frames(path):
     """Yields (offset, payload length) of each record, reading only headers.
+
+    Args:
+      path: a TFRecord file.
 
     Raises:
       CorruptShardError: naming `path` and the byte offset, if a header or
@@ -211,7 +214,7 @@ def check_shard_framing(path):
       CorruptShardError: naming `path` and the byte offset, if a header or
         payload runs past the end of the file.
     """
-    return sum(1 for _ in _record_frames(path))
+    return sum(1 for _ in record_frames(path))
 
 
 # How TensorFlow's record reader reports a checksum mismatch, without the
@@ -261,7 +264,7 @@ def locate_corrupt_records(paths, error):
     found = []
     for path in paths:
         try:
-            frames = dict(_record_frames(path))
+            frames = dict(record_frames(path))
         except (CorruptShardError, OSError):
             continue  # named by the framing check, or gone
         for start in (reported, reported - 12):
