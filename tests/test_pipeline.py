@@ -276,10 +276,10 @@ def test_supervised_reads_num_classes_from_the_manifest(corpus, tmp_path):
 
 def test_supervised_rejects_labels_outside_the_vocabulary(tmp_path):
     write_corpus(str(tmp_path), [("r0", [2], (7,)), ("r1", [2], (0,))], 1)
-    ds = pipeline.make_triplet_dataset(str(tmp_path), _config("supervised"), 3,
-                                       num_classes=NUM_CLASSES, repeat=False)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="vocabulary"):
-        list(ds)
+    # Named when the pipeline is built, before any step runs.
+    with pytest.raises(ValueError, match="'r0' has label 7.*vocabulary"):
+        pipeline.make_triplet_dataset(str(tmp_path), _config("supervised"), 3,
+                                      num_classes=NUM_CLASSES, repeat=False)
 
 
 # -------------------------------------------------------------------- joint
@@ -454,3 +454,30 @@ def test_triplet_grid_png(corpus, tmp_path):
     assert _png_size(path2)[1] == 3 * inspect_triplets.CELL_INCHES[1] * dpi
     with pytest.raises(ValueError):
         inspect_triplets.save_triplet_grid(np.zeros((4, 96, 64)), path2)
+
+
+def test_joint_never_labels_a_negative_from_the_anchors_recording(tmp_path):
+    # Few recordings of many windows and a small buffer: a random negative
+    # often comes from the anchor's own recording (a third of the time here).
+    specs = [("r%d" % r, [12], ()) for r in range(3)]
+    write_corpus(str(tmp_path), specs, 3)
+    config = _config("joint", shuffle_buffer=8)
+    triplets = _triplets(str(tmp_path), config, count=300, seed=2)
+    names = {flagdefs.SAMPLERS[t[samplers.SAMPLER]] for t in triplets}
+    assert names == {"noise", "translation", "mixing", "proximity"}
+    for t in triplets:
+        rid = t[samplers.RECORDING_IDS]
+        assert rid[0] != rid[2], flagdefs.SAMPLERS[t[samplers.SAMPLER]]
+    # And in the batches the loss sees: the negative never has the anchor's
+    # label.
+    ds = pipeline.make_triplet_dataset(str(tmp_path), config, 48, seed=3)
+    for _, labels in ds.take(10):
+        labels = labels.numpy().reshape(-1, 3)
+        assert np.all(labels[:, 0] == labels[:, 1])
+        assert np.all(labels[:, 0] != labels[:, 2])
+    # Without proximity, labels are window ids and such negatives stay.
+    no_proximity = _config("joint", shuffle_buffer=8, joint_weights={
+        "noise": 1.0, "translation": 1.0, "mixing": 1.0})
+    triplets = _triplets(str(tmp_path), no_proximity, count=120, seed=2)
+    assert any(t[samplers.RECORDING_IDS][0] == t[samplers.RECORDING_IDS][2]
+               for t in triplets)

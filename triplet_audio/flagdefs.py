@@ -393,6 +393,11 @@ def define_sampler_flags():
         "pipeline (~25 KB each; joint splits them among its "
         "samplers); records are shuffled in a buffer of "
         "shuffle_buffer / 32 (at most 256).", lower_bound=1)
+    _define_if_missing(
+        flags.DEFINE_enum, "class_sampling", default["class_sampling"],
+        pipeline.class_index.CLASS_SAMPLING,
+        "Supervised sampler: choose each triplet's class uniformly over "
+        "classes (the paper) or in proportion to its windows.")
     # --seed is shared with bin/make_corpus's group; a process (e.g. a test)
     # may define both.
     _define_if_missing(
@@ -419,7 +424,8 @@ def sampler_config_from_flags():
         mixing_alpha=FLAGS.mixing_alpha,
         proximity_dt=FLAGS.proximity_dt,
         joint_weights=pipeline.parse_joint_weights(FLAGS.joint_weights),
-        shuffle_buffer=FLAGS.shuffle_buffer)
+        shuffle_buffer=FLAGS.shuffle_buffer,
+        class_sampling=FLAGS.class_sampling)
 
 
 def extract_config_from_flags():

@@ -30,8 +30,10 @@ Batch layout (the loss relies on it):
            positive by its anchor's): with window ids for some triplets and
            recording ids for others, two windows of one recording would be
            pulled together by a proximity triplet and pushed apart as
-           negatives of a noise triplet in the same batch. Without
-           proximity, joint keeps the window ids.
+           negatives of a noise triplet in the same batch. For the same
+           reason a noise, translation or mixing triplet whose negative comes
+           from its anchor's recording is dropped there. Without proximity,
+           joint keeps the window ids.
            supervised: float32 multi-hot [B, num_classes] ("positive" =
            shares a class).
 
@@ -55,6 +57,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from triplet_audio import class_index
 from triplet_audio import constants as C
 from triplet_audio import flagdefs
 from triplet_audio import records
@@ -146,7 +149,10 @@ class SamplerConfig:
         pipeline (~25 KB each; proximity elements are two windows, so its
         buffer holds half as many; joint splits it among its samplers). The
         record shuffle before flattening holds `shuffle_buffer // 32` records
-        (1 to 256).
+        (1 to 256). supervised does not stream (see `class_index`) and
+        ignores it.
+      class_sampling: how supervised chooses a triplet's class: "uniform"
+        over classes (the paper) or "frequency" (in proportion to windows).
     """
     sampler: str
     noise_sigma: float = 0.5
@@ -156,6 +162,7 @@ class SamplerConfig:
     joint_weights: dict = dataclasses.field(
         default_factory=_default_joint_weights)
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
+    class_sampling: str = "uniform"
 
     def __post_init__(self):
         if isinstance(self.joint_weights, str):
@@ -217,6 +224,9 @@ class SamplerConfig:
             finite_at_least_zero("joint_weights", weight)
         if not sum(self.joint_weights.values()) > 0:
             bad("joint_weights", "at least one weight must be > 0")
+        if self.class_sampling not in class_index.CLASS_SAMPLING:
+            bad("class_sampling", "must be one of %s, got %r" % (
+                ", ".join(class_index.CLASS_SAMPLING), self.class_sampling))
         if (isinstance(self.shuffle_buffer, bool) or
                 not isinstance(self.shuffle_buffer, (int, np.integer)) or
                 self.shuffle_buffer < 1):
@@ -311,6 +321,22 @@ def label_by_recording(triplet):
     triplet[samplers.LABELS] = samplers.recording_hash(
         tf.stack([ids[..., 0], ids[..., 0], ids[..., 2]], axis=-1))
     return triplet
+
+
+def joint_labels_by_recording(config):
+    """Whether `joint` labels its triplets by recording (proximity is a part)."""
+    return config.sampler == "joint" and config.joint_weights.get(
+        "proximity", 0) > 0
+
+
+def _without_own_recording_negatives(triplets):
+    # Under labels by recording, a noise, translation or mixing triplet whose
+    # random negative comes from the anchor's own recording would call that
+    # negative a positive: such triplets are dropped (a few percent).
+    rid = triplets[samplers.RECORDING_IDS]
+    keep = tf.not_equal(rid[:, 0], rid[:, 2])
+    return {key: tf.boolean_mask(value, keep)
+            for key, value in triplets.items()}
 
 
 def batch_triplets(triplets, num_triplets, by_recording=False):
@@ -645,47 +671,82 @@ def _proximity_batches(config, record_ds, base_seed, window_seed, k,
                                as_windows)
 
 
-def _supervised_batches(config, record_ds, base_seed, window_seed,
-                        num_classes, k, drop_remainder, as_windows):
+def _supervised_batches(config, paths, record_shard, seed, pid, num_classes,
+                        k, drop_remainder, as_windows, repeat, skip_corrupt):
+    # Drawn by index from the whole class, not paired out of the shuffle
+    # buffer: see class_index's docstring for why.
+    index = class_index.load(paths, num_classes, skip_corrupt, record_shard)
+    reader = class_index.WindowReader(index)
+    seed_words = list(_derive_seed(seed, pid, samplers.sampler_index(
+        "supervised"), _ELEMENTS))
+    sampler_id = samplers.sampler_index("supervised")
 
-    def labelled_windows(index, record):
-        windows = record_to_windows(record, num_classes)
-        salt = samplers.window_id(record[records.RECORDING_ID],
-                                  record[records.CHUNK_INDEX], 0)
-        windows[samplers.CLASS] = samplers.choose_class(
-            windows[samplers.LABELS],
-            samplers.element_seed(base_seed, index, salt))
-        return windows
+    def draw(batch_index, size):
+        rng = np.random.default_rng(seed_words + [int(batch_index)])
+        _, rows, windows = class_index.draw_triplets(
+            index, rng, int(size), config.class_sampling)
+        logmel = reader.read(rows, windows).reshape(
+            (int(size), 3) + C.WINDOW_SHAPE)
+        labels = index.labels_multi_hot(rows).reshape(int(size), 3,
+                                                      num_classes)
+        return (logmel[:, 0], logmel[:, 1], logmel[:, 2], labels,
+                index.recording_ids[rows].astype(object).astype(bytes))
 
-    # Unlabelled records are neither anchors nor negatives: an empty label
-    # set means "unknown", not "none of the classes".
-    record_ds = record_ds.filter(
-        lambda r: tf.size(r[records.LABELS]) > 0).enumerate()
-    windows = _flatten(record_ds.map(
-        labelled_windows, num_parallel_calls=tf.data.AUTOTUNE)).shuffle(
-            config.shuffle_buffer, seed=window_seed)
-    # Two windows of one drawn class make an anchor-positive pair. Holds at
-    # most one pending window per class: O(num_classes) memory.
-    same_class = windows.group_by_window(
-        key_func=lambda w: w[samplers.CLASS],
-        reduce_func=lambda key, group: group.batch(2, drop_remainder=True),
-        window_size=2)
-    return _valid_pair_batches(same_class.batch(2, drop_remainder=True),
-                               samplers.supervised_pair_valid,
-                               samplers.supervised_sampler, k, drop_remainder,
-                               as_windows)
+    def batch(batch_index, size):
+        anchor, positive, negative, labels, rids = tf.numpy_function(
+            draw, [batch_index, size],
+            [tf.float32, tf.float32, tf.float32, tf.float32, tf.string],
+            stateful=False)
+        static_k = k if drop_remainder else None
+        for window in (anchor, positive, negative):
+            window.set_shape([static_k] + list(C.WINDOW_SHAPE))
+        labels.set_shape([static_k, 3, num_classes])
+        rids.set_shape([static_k, 3])
+        triplets = {
+            samplers.ANCHOR: anchor, samplers.POSITIVE: positive,
+            samplers.NEGATIVE: negative, samplers.LABELS: labels,
+            samplers.RECORDING_IDS: rids,
+            samplers.SAMPLER: tf.fill(tf.shape(rids)[:1],
+                                      tf.constant(sampler_id, tf.int32)),
+        }
+        return _finish(triplets, as_windows)
+
+    # One pass: as many triplets as half the labelled windows (each window is
+    # an anchor or a positive about once per pass on average).
+    per_pass = index.total_windows // 2
+    sizes = [k] * (per_pass // k)
+    if not drop_remainder and per_pass % k:
+        sizes.append(per_pass % k)
+    if repeat:
+        numbers = tf.data.Dataset.range(2 ** 62)
+        sizes_ds = tf.data.Dataset.from_tensor_slices(
+            tf.constant(sizes or [k], tf.int64)).repeat()
+    else:
+        numbers = tf.data.Dataset.range(len(sizes))
+        sizes_ds = tf.data.Dataset.from_tensor_slices(
+            tf.constant(sizes, tf.int64) if sizes else
+            tf.zeros([0], tf.int64))
+    return tf.data.Dataset.zip((numbers, sizes_ds)).map(
+        batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _sampler_batches(name, config, file_pattern, seed, input_context,
                      num_classes, skip_corrupt, k, drop_remainder,
-                     as_windows=False):
+                     as_windows=False, repeat=False):
     """One pass of triplet batches of one (non-joint) sampler.
 
     Batches are triplet dicts, or with `as_windows` the (windows, labels)
-    layout of this module's docstring.
+    layout of this module's docstring. `repeat` matters only to supervised,
+    which draws by index and so repeats by itself; the others make one pass.
     """
     pid = _pipeline_id(input_context)
     tag = samplers.sampler_index(name)
+    if name == "supervised":
+        paths, record_shard = shard_paths(file_pattern, input_context,
+                                          skip_corrupt)
+        return _supervised_batches(config, paths, record_shard, seed, pid,
+                                   num_classes, k, drop_remainder, as_windows,
+                                   repeat, skip_corrupt)
     # Each sampler of a joint mixture reads with its own seeds, so the
     # streams it mixes are not copies of one another.
     record_ds = read_corpus(file_pattern, _derive_seed(seed, tag)[0],
@@ -695,9 +756,6 @@ def _sampler_batches(name, config, file_pattern, seed, input_context,
     if name == "proximity":
         return _proximity_batches(config, record_ds, base_seed, window_seed,
                                   k, drop_remainder, as_windows)
-    if name == "supervised":
-        return _supervised_batches(config, record_ds, base_seed, window_seed,
-                                   num_classes, k, drop_remainder, as_windows)
     windows = windows_from_records(record_ds).shuffle(config.shuffle_buffer,
                                                       seed=window_seed)
     return _augmentation_batches(name, config, windows, base_seed, k,
@@ -746,11 +804,17 @@ def make_triplets(file_pattern, sampler_config, seed=0, input_context=None,
     name = sampler_config.sampler
     if name == "supervised":
         num_classes = _resolve_num_classes(file_pattern, num_classes)
+    if name == "supervised":
+        return _sampler_batches(name, sampler_config, file_pattern, seed,
+                                input_context, num_classes, skip_corrupt,
+                                _SAMPLE_CHUNK, drop_remainder=False,
+                                repeat=repeat).unbatch()
     if name != "joint":
         ds = _sampler_batches(name, sampler_config, file_pattern, seed,
                               input_context, num_classes, skip_corrupt,
                               _SAMPLE_CHUNK, drop_remainder=False).unbatch()
         return ds.repeat() if repeat else ds
+    by_recording = joint_labels_by_recording(sampler_config)
     active = sampler_config.active_joint_samplers()
     # Every part has its own buffers; together they hold shuffle_buffer.
     part_config = dataclasses.replace(
@@ -760,7 +824,11 @@ def make_triplets(file_pattern, sampler_config, seed=0, input_context=None,
     for part, weight in active:
         ds = _sampler_batches(part, part_config, file_pattern, seed,
                               input_context, None, skip_corrupt,
-                              _SAMPLE_CHUNK, drop_remainder=False).unbatch()
+                              _SAMPLE_CHUNK, drop_remainder=False)
+        if by_recording and part != "proximity":
+            ds = ds.map(_without_own_recording_negatives,
+                        num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.unbatch()
         parts.append(ds.repeat() if repeat else ds)
         weights.append(weight)
     if len(parts) == 1:
@@ -814,7 +882,7 @@ def make_triplet_dataset(file_pattern, sampler_config, batch_size, seed=0,
                                  skip_corrupt=skip_corrupt, repeat=repeat)
         ds = batch_triplets(
             triplets, k,
-            by_recording=sampler_config.joint_weights.get("proximity", 0) > 0)
+            by_recording=joint_labels_by_recording(sampler_config))
     else:
         if name == "supervised":
             num_classes = _resolve_num_classes(file_pattern, num_classes)
@@ -822,8 +890,9 @@ def make_triplet_dataset(file_pattern, sampler_config, batch_size, seed=0,
         # vectorised sampler call, already in place.
         ds = _sampler_batches(name, sampler_config, file_pattern, seed,
                               input_context, num_classes, skip_corrupt, k,
-                              drop_remainder=True, as_windows=True)
-        if repeat:
+                              drop_remainder=True, as_windows=True,
+                              repeat=repeat)
+        if repeat and name != "supervised":
             ds = ds.repeat()
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()

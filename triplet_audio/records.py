@@ -10,6 +10,10 @@ The one home of the on-disk format. A corpus directory holds
                                   before the shard is renamed into place
   manifest.json                   front-end parameters, class vocabulary, counts
                                   per shard and every failed file with its reason
+  shard-NNNNN-of-MMMMM.tfrecord.classidx.npz
+                                  class index of the shard's labelled records,
+                                  made by the supervised sampler on first use
+                                  (`class_index`)
 
 Example features (keys are the constants below):
 
@@ -54,6 +58,9 @@ SHARD_SUFFIX = ".tfrecord"
 MANIFEST_NAME = "manifest.json"
 TEMP_SUFFIX = ".incomplete"
 SUMMARY_SUFFIX = ".json"
+# Beside each shard once the supervised sampler has read it
+# (`class_index.index_path`): its labelled records' byte offsets and labels.
+CLASS_INDEX_SUFFIX = ".classidx.npz"
 
 _FEATURES = {
     LOGMEL: tf.io.FixedLenFeature([], tf.string),
@@ -321,7 +328,8 @@ def list_shards(file_pattern):
         # The shard summaries and the manifest sit beside the shards, so a
         # natural glob such as "corpus/shard-*" matches them too.
         paths.extend(p for p in glob.glob(pattern)
-                     if not p.endswith((TEMP_SUFFIX, SUMMARY_SUFFIX)))
+                     if not p.endswith((TEMP_SUFFIX, SUMMARY_SUFFIX,
+                                            CLASS_INDEX_SUFFIX)))
     paths = sorted(set(paths))
     if not paths:
         raise FileNotFoundError("no TFRecord shards match %r" % (file_pattern,))

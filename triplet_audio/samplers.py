@@ -4,20 +4,21 @@ Two layers, both usable eagerly and inside `tf.data.Dataset.map`:
 
 * Augmentation ops on log-mel windows `[..., T, F]` (T, F = 96, 64)
   (`noise_positive`, `translation_positive`, `mixing_positive`,
-  `proximity_partners`, `choose_class`). Every random op is stateless and
+  `proximity_partners`). Every random op is stateless and
   takes an explicit `seed` (int32/int64 `[2]`), so the same seed gives the same
   result eagerly and in a traced `Dataset.map`, on any machine.
 * Sampler functions `dict -> dict` (`noise_sampler`, `translation_sampler`,
-  `mixing_sampler`, `proximity_sampler`, `supervised_sampler`): each takes k
+  `mixing_sampler`, `proximity_sampler`): each takes k
   *pairs* of stream elements (the input pipeline groups its shuffled stream
   two by two, so the second element of a pair is a random other example; no
   corpus is held in memory) and returns a batch of k triplets: a dict with
   the keys `ANCHOR`, `POSITIVE`, `NEGATIVE`, `LABELS`, `SAMPLER`,
   `RECORDING_IDS` and `VALID`. They work on whole batches because a tf.data
   map pays a fixed cost per op call: per-pair calls cost more than the
-  arithmetic (see benchmarks/bench_pipeline.py). `proximity_pair_valid` and
-  `supervised_pair_valid` say which pairs make a triplet; the pipeline keeps
-  only those.
+  arithmetic (see benchmarks/bench_pipeline.py). `proximity_pair_valid` says
+  which pairs make a triplet; the pipeline keeps only those. The supervised
+  sampler draws by class index instead of pairing a stream
+  (`class_index`).
 
 Energy-domain math: log-mels are `log(mel + LOG_OFFSET)`, so every
 augmentation that acts on energies works on `exp(logmel) - LOG_OFFSET`
@@ -53,7 +54,6 @@ WINDOW_ID = "window_id"
 RECORDING_HASH = "recording_hash"
 START_TIME = "start_time"
 HAS_PARTNER = "has_partner"
-CLASS = "class"
 
 # Keys of a triplet dict.
 ANCHOR = "anchor"
@@ -352,26 +352,6 @@ def proximity_partners(start_times, seed, dt):
     return partner, tf.reduce_any(allowed, axis=1)
 
 
-def choose_class(multi_hot, seed):
-    """Draws one class uniformly among each window's labels.
-
-    Args:
-      multi_hot: float32 `[..., C]`.
-      seed: int `[2]` stateless seed.
-
-    Returns:
-      int64 `[...]` class index, -1 for an unlabelled window.
-    """
-    multi_hot = tf.convert_to_tensor(multi_hot, tf.float32)
-    labelled = multi_hot > 0
-    score = tf.where(labelled,
-                     tf.random.stateless_uniform(tf.shape(multi_hot), seed),
-                     -1.0)
-    best = tf.argmax(score, axis=-1, output_type=tf.int64)
-    return tf.where(tf.reduce_any(labelled, axis=-1), best,
-                    tf.constant(-1, tf.int64))
-
-
 # ------------------------------------------------------------- samplers
 def _pick(values, index):
     # values [k, 2, ...], index [k] in {0, 1} -> values[i, index[i]].
@@ -506,67 +486,4 @@ def proximity_sampler(pairs, seed=None):
         SAMPLER: _sampler_ids("proximity", rhash),
         RECORDING_IDS: tf.stack([rid_a, rid_a, rid_n], axis=1),
         VALID: proximity_pair_valid(pairs),
-    }
-
-
-def _supervised_shares(labels):
-    # labels [..., 2, 2, C]: does each window of pair 1 share a class with the
-    # anchor (window 0 of pair 0)?
-    anchor = labels[..., 0, 0, :]
-    return tf.reduce_sum(labels[..., 1, :, :] * anchor[..., None, :],
-                         axis=-1) > 0
-
-
-def supervised_pair_valid(pairs):
-    """Whether two same-class window pairs make a supervised triplet.
-
-    Args:
-      pairs: same-class pairs stacked by two (`LABELS` float32 multi-hot
-        `[..., 2, 2, C]`).
-
-    Returns:
-      bool `[...]`: anchor and positive share a class and a window of the
-      second pair shares none with the anchor.
-    """
-    labels = pairs[LABELS]
-    same_class = tf.reduce_sum(labels[..., 0, 0, :] * labels[..., 0, 1, :],
-                               axis=-1) > 0
-    return tf.logical_and(
-        same_class,
-        tf.logical_not(tf.reduce_all(_supervised_shares(labels), axis=-1)))
-
-
-def supervised_sampler(pairs, seed=None):
-    """Supervised triplets from two same-class window pairs each.
-
-    Pair 0 is two windows that share a class (anchor, positive); the negative
-    is the first window of pair 1 that shares no class with the anchor. "No
-    class", not just "not the pair's class": the loss calls two windows
-    positives when they share any label, so a negative that shared one with
-    the anchor would be a positive to the miner.
-
-    Args:
-      pairs: k pairs of same-class pairs (`LOGMEL` `[k, 2, 2, T, F]`,
-        `LABELS` float32 multi-hot `[k, 2, 2, C]`, `RECORDING_ID`
-        `[k, 2, 2]`).
-      seed: unused (the class was drawn per window upstream).
-
-    Returns:
-      triplet batch dict with multi-hot `LABELS` `[k, 3, C]`; `VALID` is
-      `supervised_pair_valid`.
-    """
-    del seed
-    labels = pairs[LABELS]
-    n = tf.where(_supervised_shares(labels)[:, 0], 1, 0)
-    rid = pairs[RECORDING_ID]
-    return {
-        ANCHOR: pairs[LOGMEL][:, 0, 0],
-        POSITIVE: pairs[LOGMEL][:, 0, 1],
-        NEGATIVE: _pick(pairs[LOGMEL][:, 1], n),
-        LABELS: tf.stack([labels[:, 0, 0], labels[:, 0, 1],
-                          _pick(labels[:, 1], n)], axis=1),
-        SAMPLER: _sampler_ids("supervised", n),
-        RECORDING_IDS: tf.stack([rid[:, 0, 0], rid[:, 0, 1],
-                                 _pick(rid[:, 1], n)], axis=1),
-        VALID: supervised_pair_valid(pairs),
     }
