@@ -12,7 +12,10 @@ and 2 cores times one pass of
             anchor: what the shuffle, the pairing and the batch layout cost
             before a sampler computes anything,
 
-and prints windows/s: "read" = corpus windows consumed per second (the same
+(supervised does not stream: it draws windows by class index and reads each
+by byte offset, so its "read" is nominal, one pass being half the labelled
+windows as triplets; compare its "out" and cores/GPU) and prints windows/s:
+"read" = corpus windows consumed per second (the same
 unit as parse-only; the overhead ratio parse/read - 1 uses it), "out" =
 windows delivered to the model per second (3 per triplet), and read windows
 per CPU-second of the process (the figure least disturbed by other jobs on
