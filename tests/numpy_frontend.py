@@ -5,6 +5,12 @@ Written from the numbers in DESIGN.md and the framing rules documented in
 check the tf.signal implementation against it and the benchmark can time the
 two on the same audio.
 
+The design numbers are restated here as literals on purpose, not imported
+from `triplet_audio.constants`: a reference that read the library's constants
+would follow a wrong constant (e.g. an upper mel edge of 8000 Hz) and still
+agree with the library. `tests/test_constants.py` pins the library's
+constants to the same numbers.
+
 The mel filterbank follows the convention of
 `tf.signal.linear_to_mel_weight_matrix` (which the TF front end uses), since
 "HTK mel, 64 bands, 125-7500 Hz" alone leaves it open:
@@ -19,7 +25,21 @@ The mel filterbank follows the convention of
 
 import numpy as np
 
-from triplet_audio import constants as C
+# The numbers DESIGN.md fixes ("The numbers the paper fixes"), as literals.
+SAMPLE_RATE = 16000  # Hz, mono.
+STFT_WINDOW_SAMPLES = 400  # 25 ms.
+STFT_HOP_SAMPLES = 160  # 10 ms.
+FFT_LENGTH = 512
+NUM_SPECTROGRAM_BINS = FFT_LENGTH // 2 + 1  # 257 magnitude bins.
+NUM_MEL_BANDS = 64
+MEL_LOWER_HZ = 125.0
+MEL_UPPER_HZ = 7500.0
+LOG_OFFSET = 0.01  # log(mel + 0.01).
+WINDOW_FRAMES = 96  # 0.96 s, non-overlapping.
+WINDOW_SHAPE = (WINDOW_FRAMES, NUM_MEL_BANDS)
+# Samples one full window needs: 95 hops plus one STFT window (15,600).
+MIN_WINDOW_SAMPLES = ((WINDOW_FRAMES - 1) * STFT_HOP_SAMPLES +
+                      STFT_WINDOW_SAMPLES)
 
 _HTK_MEL_Q = 1127.0
 _HTK_MEL_BREAK_HZ = 700.0
@@ -36,15 +56,15 @@ def mel_to_hz(mel):
     return _HTK_MEL_BREAK_HZ * np.expm1(mel / _HTK_MEL_Q)
 
 
-def periodic_hann(length=C.STFT_WINDOW_SAMPLES):
+def periodic_hann(length=STFT_WINDOW_SAMPLES):
     """Periodic Hann window: 0.5 - 0.5 cos(2 pi n / length), n < length."""
     n = np.arange(length, dtype=np.float64)
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / length)
 
 
 def _mel_band_edges_mel():
-    return np.linspace(hz_to_mel(C.MEL_LOWER_HZ), hz_to_mel(C.MEL_UPPER_HZ),
-                       C.NUM_MEL_BANDS + 2)
+    return np.linspace(hz_to_mel(MEL_LOWER_HZ), hz_to_mel(MEL_UPPER_HZ),
+                       NUM_MEL_BANDS + 2)
 
 
 def mel_band_centers_hz():
@@ -54,7 +74,7 @@ def mel_band_centers_hz():
 
 def spectrogram_bin_hz():
     """Frequency (Hz) of each of the 257 magnitude-spectrum bins."""
-    return np.linspace(0.0, C.SAMPLE_RATE / 2.0, C.NUM_SPECTROGRAM_BINS)
+    return np.linspace(0.0, SAMPLE_RATE / 2.0, NUM_SPECTROGRAM_BINS)
 
 
 def mel_weight_matrix():
@@ -75,14 +95,14 @@ def frame_signal(waveform):
     if waveform.ndim != 1:
         raise ValueError("waveform must be 1-D, got shape %s" %
                          (waveform.shape,))
-    if waveform.shape[0] < C.STFT_WINDOW_SAMPLES:
-        return np.zeros((0, C.STFT_WINDOW_SAMPLES), waveform.dtype)
-    num_frames = 1 + (waveform.shape[0] - C.STFT_WINDOW_SAMPLES) // (
-        C.STFT_HOP_SAMPLES)
+    if waveform.shape[0] < STFT_WINDOW_SAMPLES:
+        return np.zeros((0, STFT_WINDOW_SAMPLES), waveform.dtype)
+    num_frames = 1 + (waveform.shape[0] - STFT_WINDOW_SAMPLES) // (
+        STFT_HOP_SAMPLES)
     # A strided view: frames share memory with the waveform, no copy.
     return np.lib.stride_tricks.as_strided(
-        waveform, shape=(num_frames, C.STFT_WINDOW_SAMPLES),
-        strides=(C.STFT_HOP_SAMPLES * waveform.strides[0], waveform.strides[0]),
+        waveform, shape=(num_frames, STFT_WINDOW_SAMPLES),
+        strides=(STFT_HOP_SAMPLES * waveform.strides[0], waveform.strides[0]),
         writeable=False)
 
 
@@ -103,10 +123,10 @@ class NumpyFrontend:
     def waveform_to_logmel(self, waveform):
         """[N] samples -> [num_frames, 64] log(mel + 0.01); none if N < 400."""
         frames = frame_signal(np.asarray(waveform, self.dtype))
-        magnitude = np.abs(np.fft.rfft(frames * self.window, n=C.FFT_LENGTH,
+        magnitude = np.abs(np.fft.rfft(frames * self.window, n=FFT_LENGTH,
                                        axis=-1))
         mel = magnitude.astype(self.dtype, copy=False) @ self.mel_matrix
-        return np.log(mel + C.LOG_OFFSET)
+        return np.log(mel + LOG_OFFSET)
 
     def waveform_to_windows(self, waveform, pad_short=True):
         """[N] samples -> [num_windows, 96, 64], framed as in frontend.py.
@@ -121,17 +141,17 @@ class NumpyFrontend:
           array [num_windows, 96, 64] of `self.dtype`.
         """
         waveform = np.asarray(waveform, self.dtype)
-        if pad_short and waveform.shape[0] < C.MIN_WINDOW_SAMPLES:
+        if pad_short and waveform.shape[0] < MIN_WINDOW_SAMPLES:
             waveform = np.pad(
-                waveform, (0, C.MIN_WINDOW_SAMPLES - waveform.shape[0]))
+                waveform, (0, MIN_WINDOW_SAMPLES - waveform.shape[0]))
         return logmel_to_windows(self.waveform_to_logmel(waveform))
 
 
 def logmel_to_windows(logmel):
     """[num_frames, 64] -> [num_frames // 96, 96, 64], dropping the rest."""
-    num_windows = logmel.shape[0] // C.WINDOW_FRAMES
-    return logmel[:num_windows * C.WINDOW_FRAMES].reshape(
-        (num_windows,) + C.WINDOW_SHAPE)
+    num_windows = logmel.shape[0] // WINDOW_FRAMES
+    return logmel[:num_windows * WINDOW_FRAMES].reshape(
+        (num_windows,) + WINDOW_SHAPE)
 
 
 _DEFAULT = None

@@ -56,19 +56,35 @@ def _write_corpus(corpus_dir, split, per_class, seed):
     return corpus_dir
 
 
+# The --output of each split as a user writes it: train without ".npz" (what
+# issue 11's user ran: bin/embed --output=emb/train wrote emb/train.npz),
+# eval as the README shows it. bin/evaluate then gets the same PATHs.
+OUTPUT_NAMES = {"train": "train", "eval": "eval.npz"}
+
+
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory):
-    """Train and eval embeddings written by bin/embed (log-mel baseline)."""
+    """Train and eval embeddings written by bin/embed (log-mel baseline).
+
+    Returns:
+      (root, {split: the --output PATH given to bin/embed}).
+    """
     root = tmp_path_factory.mktemp("cli")
     paths = {}
     for split, per_class, seed in (("train", 6, 0), ("eval", 4, 1)):
         corpus = _write_corpus(str(root / "features" / split), split,
                                per_class, seed)
-        paths[split] = str(root / "emb" / (split + ".npz"))
+        paths[split] = str(root / "emb" / OUTPUT_NAMES[split])
         proc = _run(EMBED, "--input=" + corpus, "--output=" + paths[split],
                     "--representation=logmel")
         assert proc.returncode == 0, proc.stderr[-3000:]
     return root, paths
+
+
+def test_embed_names_its_output_after_the_path_given(embedded):
+    root, _ = embedded
+    # One file each: PATH.npz, the ".npz" appended only where missing.
+    assert sorted(os.listdir(root / "emb")) == ["eval.npz", "train.npz"]
 
 
 def test_embed_writes_the_logmel_baseline(embedded):
@@ -82,6 +98,9 @@ def test_embed_writes_the_logmel_baseline(embedded):
 
 
 def test_evaluate_writes_results_report_and_plots(embedded):
+    # bin/embed --output=PATH, then bin/evaluate --train=PATH --eval=PATH2 with
+    # the PATHs exactly as given to bin/embed (DESIGN.md's command-line
+    # contract), one of them without ".npz".
     root, paths = embedded
     out = root / "results"
     proc = _run(EVALUATE, "--train=" + paths["train"],
@@ -89,6 +108,10 @@ def test_evaluate_writes_results_report_and_plots(embedded):
                 "--name=baseline", *EVAL_FLAGS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / report.RESULTS_NAME).read_text())
+    # Each PATH was read whole: 6 train and 4 eval segments per class.
+    counts = results["counts"]
+    assert (counts["train"]["segments"], counts["eval"]["segments"]) == (
+        6 * len(CLASSES), 4 * len(CLASSES))
     expected_keys = {evaluation.QBE: {"map", "chance"},
                      evaluation.CLASSIFIER_1X512: {"map"},
                      evaluation.CLASSIFIER_2X512: {"map"},
@@ -121,7 +144,8 @@ def test_embed_with_saved_model(embedded, tmp_path):
     model = models.build_model("small", embedding_size=8, seed=0)
     export_dir = str(tmp_path / "export")
     export.export_saved_model(model, export_dir)
-    out = str(tmp_path / "eval.npz")
+    # Sharded, and named without ".npz": read back by the same PATH.
+    out = str(tmp_path / "eval")
     proc = _run(EMBED, "--input=" + str(root / "features" / "eval"),
                 "--output=" + out, "--saved_model=" + export_dir,
                 "--embed_batch_size=5", "--num_output_shards=2")
@@ -129,7 +153,9 @@ def test_embed_with_saved_model(embedded, tmp_path):
     emb_set = embeddings_io.read_embeddings(out)
     assert emb_set.representation == "small"
     assert emb_set.dim == 8
-    assert len(embeddings_io.resolve_paths(out)) == 2
+    assert emb_set.num_segments == 4 * len(CLASSES)
+    assert embeddings_io.resolve_paths(out) == [
+        out + "-00000-of-00002.npz", out + "-00001-of-00002.npz"]
 
 
 def _one_line_error(proc):

@@ -106,6 +106,58 @@ def test_rewrite_with_other_shard_count_removes_stale_files(tmp_path):
                                                          seed=1))
 
 
+# Every way of naming the output that the writer accepts: with and without
+# ".npz", a dot in the name, glob characters taken literally, one file or
+# shards.
+_OUTPUT_NAMES = ["eval", "eval.npz", "eval.v2", "run[1]/eval*",
+                 "run[1]/eval.npz"]
+
+
+@pytest.mark.parametrize("num_shards", [1, 3])
+@pytest.mark.parametrize("name", _OUTPUT_NAMES)
+def test_reader_given_the_output_path_finds_what_the_writer_wrote(
+        tmp_path, name, num_shards):
+    original = make_set(num_segments=9)
+    out = str(tmp_path / name)
+    written = eio.write_embeddings(out, original, num_shards=num_shards)
+    stem = out[:-4] if out.endswith(".npz") else out
+    if num_shards == 1:
+        assert written == [stem + ".npz"]
+    else:
+        assert written == ["%s-%05d-of-00003.npz" % (stem, i)
+                           for i in range(3)]
+    # The path as given, and its other spelling (the writer treats "x" and
+    # "x.npz" alike, so must the reader).
+    for given in (out, stem, stem + ".npz"):
+        assert eio.resolve_paths(given) == written, given
+        assert_sets_equal(eio.read_embeddings(given), original)
+
+
+def test_output_path_wins_over_a_directory_of_that_name(tmp_path):
+    # --output=emb/train beside a directory emb/train/ writes emb/train.npz;
+    # reading emb/train must give that file, not the directory's files.
+    other = make_set(num_segments=5, seed=1)
+    eio.write_embeddings(str(tmp_path / "train" / "old.npz"), other)
+    original = make_set(num_segments=7)
+    eio.write_embeddings(str(tmp_path / "train"), original)
+    assert_sets_equal(eio.read_embeddings(str(tmp_path / "train")), original)
+    # The directory itself is still readable as a directory.
+    assert eio.resolve_paths(str(tmp_path / "train") + os.sep) == [
+        str(tmp_path / "train" / "old.npz")]
+
+
+def test_output_path_with_a_file_and_shards_is_an_error(tmp_path):
+    # The writer never leaves both (it removes stale files); a reader must
+    # not silently pick one if something else did.
+    out = str(tmp_path / "x")
+    eio.write_embeddings(out, make_set(num_segments=9), num_shards=3)
+    eio._write_one(out + ".npz", make_set(num_segments=9), compress=False)
+    with pytest.raises(eio.EmbeddingFormatError, match="both"):
+        eio.read_embeddings(out)
+    # Named exactly, the single file is still read alone.
+    assert eio.resolve_paths(out + ".npz") == [out + ".npz"]
+
+
 def test_no_match_is_an_error(tmp_path):
     with pytest.raises(eio.EmbeddingFormatError, match="no embeddings file"):
         eio.read_embeddings(str(tmp_path / "nothing.npz"))

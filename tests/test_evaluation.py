@@ -112,6 +112,62 @@ def test_qbe_skips_and_reports_small_classes():
     assert relaxed["chance"] == pytest.approx((2 * _CHANCE_100 + chance_b) / 3)
 
 
+def _brute_force_qbe_ap(embeddings, is_positive, similarity):
+    """The paper's QbE AP of one class, pair by pair in float64.
+
+    Every unordered pair of the sampled segments with at least one positive
+    member, scored by `similarity`; relevant when both are positive. AP =
+    mean over the relevant pairs of the precision at their rank (scores
+    have no ties here).
+    """
+    scored = []
+    for i in range(len(embeddings)):
+        for j in range(i + 1, len(embeddings)):
+            if is_positive[i] or is_positive[j]:
+                scored.append((similarity(embeddings[i], embeddings[j]),
+                               bool(is_positive[i] and is_positive[j])))
+    scored.sort(key=lambda pair: -pair[0])
+    hits, precisions = 0, []
+    for rank, (_, relevant) in enumerate(scored, start=1):
+        if relevant:
+            hits += 1
+            precisions.append(hits / rank)
+    return sum(precisions) / len(precisions)
+
+
+def _cosine(a, b):
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_qbe_scores_by_cosine_not_dot_product():
+    # Each class's positives point near its own direction; every segment has
+    # a norm drawn from 0.05-20, so a dot product ranks by norm as much as by
+    # direction and its ranking differs from the cosine one.
+    rng = np.random.default_rng(2)
+    num_segments, dim = 24, 6
+    labels = random_labels(num_segments, 2, 0.4, 3)
+    directions = rng.normal(size=(2, dim))
+    emb = labels @ directions + 0.3 * rng.normal(size=(num_segments, dim))
+    emb *= (np.exp(rng.uniform(np.log(0.05), np.log(20.0), num_segments)) /
+            np.linalg.norm(emb, axis=1))[:, None]
+    emb = emb.astype(np.float32)
+    # min_count with 100 + 100 > the corpus: every segment is in the sample.
+    result = ev.qbe_map(emb, labels, min_count=2, class_names=["a", "b"])
+    assert result["num_classes"] == 2
+    x = emb.astype(np.float64)
+    for c, name in enumerate(["a", "b"]):
+        is_positive = labels[:, c].astype(bool)
+        assert 2 <= is_positive.sum() <= num_segments - 2
+        cosine_ap = _brute_force_qbe_ap(x, is_positive, _cosine)
+        dot_ap = _brute_force_qbe_ap(x, is_positive, np.dot)
+        # The case separates the two scorings.
+        assert abs(cosine_ap - dot_ap) > 0.1, (cosine_ap, dot_ap)
+        assert result["per_class"][name] == pytest.approx(cosine_ap,
+                                                          abs=1e-9)
+    assert result["map"] == pytest.approx(
+        np.mean(list(result["per_class"].values())), abs=1e-12)
+
+
 def test_qbe_samples_are_seeded_per_class():
     labels = random_labels(500, 3, 0.4, 0)
     a = ev.sample_qbe_segments(labels, 1, seed=7)

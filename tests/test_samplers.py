@@ -288,6 +288,38 @@ def test_proximity_partners_respect_dt_and_are_uniform():
         assert abs(counts[1, j] - 300 * p) <= bound
 
 
+@pytest.mark.parametrize("dt", [0.96, 1.92])
+def test_proximity_partners_exclude_a_partner_exactly_dt_apart(dt):
+    # The bound is strict: |t_a - t_p| < dt. Start times are multiples of
+    # 0.96 s (and 0.5 s), so in float32 some differences equal dt exactly:
+    # 0.96 - 0 and 1.92 - 0.96 for dt = 0.96, 1.92 - 0 and 3.84 - 1.92 for
+    # dt = 1.92 (float32(1.92) is 2 * float32(0.96)).
+    d = np.float32(0.96)
+    times = np.array([0.0, 0.5, d, 2 * d, 4 * d], np.float32)
+    distance = np.abs(times[:, None] - times[None, :])
+    boundary = distance == np.float32(dt)
+    assert boundary.sum() == 4, distance  # the construction is exact
+    allowed = (distance < np.float32(dt)) & ~np.eye(times.size, dtype=bool)
+    expected_has = allowed.any(axis=1)
+    # One window's only other window near it is exactly dt away: it has no
+    # partner (window 3 for dt = 0.96, window 4 for dt = 1.92); window 0 has
+    # an allowed partner and a boundary one.
+    only_boundary = boundary.any(axis=1) & ~expected_has
+    assert only_boundary.sum() == 1
+    assert expected_has[0] and boundary[0].any()
+    draws = _over_seeds(lambda t, s: samplers.proximity_partners(t, s, dt),
+                        times, [_seed(9, i) for i in range(40)])
+    chosen = np.zeros_like(allowed)
+    for partner, has in draws:
+        np.testing.assert_array_equal(has, expected_has)
+        for a in np.flatnonzero(has):
+            assert allowed[a, partner[a]], (a, partner[a], distance[a])
+            chosen[a, partner[a]] = True
+    # Every allowed partner of window 0 turns up (so a wrongly allowed
+    # boundary partner would have too).
+    np.testing.assert_array_equal(chosen[0], allowed[0])
+
+
 def test_proximity_partners_single_window_and_infinite_dt():
     partner, has = samplers.proximity_partners(
         np.zeros([1], np.float32), _seed(1), math.inf)
@@ -296,22 +328,6 @@ def test_proximity_partners_single_window_and_infinite_dt():
         np.arange(6, dtype=np.float32) * 100, _seed(1), math.inf)
     assert has.numpy().all()
     assert np.all(partner.numpy() != np.arange(6))
-
-
-# ------------------------------------------------------------ choose_class
-def test_choose_class_picks_a_label_uniformly():
-    hot = np.array([0, 1, 0, 1, 1], np.float32)
-    picks = [int(c) for c in _over_seeds(samplers.choose_class, hot,
-                                         [_seed(2, i) for i in range(300)])]
-    counts = np.bincount(picks, minlength=5)
-    assert counts[0] == counts[2] == 0
-    bound = 4 * math.sqrt(300 * (1 / 3) * (2 / 3))
-    assert np.all(np.abs(counts[[1, 3, 4]] - 100) <= bound)
-    assert int(samplers.choose_class(np.zeros(5, np.float32), _seed(1))) == -1
-    # Per window of a record: a class of its own row, -1 for no labels.
-    rows = np.array([[1, 0, 0], [0, 0, 0], [0, 1, 1]], np.float32)
-    picks = samplers.choose_class(rows, _seed(3)).numpy()
-    assert picks[0] == 0 and picks[1] == -1 and picks[2] in (1, 2)
 
 
 # ----------------------------------------------------- dict -> dict samplers
@@ -405,49 +421,6 @@ def test_proximity_sampler_choice(rng):
             t[samplers.LABELS][i], [hashes[anchor], hashes[anchor],
                                     hashes[neg]])
         assert bool(t[samplers.VALID][i]) == ok, i
-
-
-# One row per case: (labels of the second pair, negative index, valid); the
-# anchor is [1, 1, 0, 0] and the positive [1, 0, 0, 0].
-_SUPERVISED_CASES = [
-    (([0, 0, 1, 0], [0, 1, 0, 0]), 0, True),
-    (([1, 0, 0, 0], [0, 0, 0, 1]), 1, True),  # first shares class 0
-    (([0, 1, 0, 0], [0, 0, 1, 1]), 1, True),  # first shares class 1
-    (([1, 0, 0, 1], [0, 1, 0, 0]), 1, False),  # both share a class
-]
-
-
-def test_supervised_sampler_negative_shares_no_class(rng):
-    k = len(_SUPERVISED_CASES)
-    anchor_pair = np.array([[1, 1, 0, 0], [1, 0, 0, 0]], np.float32)
-    labels = np.stack([np.stack([anchor_pair, np.array(c[0], np.float32)])
-                       for c in _SUPERVISED_CASES])
-    pairs = {
-        samplers.LOGMEL: np.stack([
-            np.stack([np.stack([_window(rng), _window(rng)])
-                      for _ in range(2)]) for _ in range(k)]),
-        samplers.LABELS: labels,
-        samplers.RECORDING_ID: np.array([[["a", "b"], ["c", "d"]]] * k),
-    }
-    t = _assert_same_eager_and_map(samplers.supervised_sampler, pairs)
-    valid = _assert_same_eager_and_map(samplers.supervised_pair_valid, pairs)
-    np.testing.assert_array_equal(valid, t[samplers.VALID])
-    logmel = pairs[samplers.LOGMEL]
-    for i, (_, negative, ok) in enumerate(_SUPERVISED_CASES):
-        np.testing.assert_array_equal(t[samplers.ANCHOR][i], logmel[i, 0, 0])
-        np.testing.assert_array_equal(t[samplers.POSITIVE][i], logmel[i, 0, 1])
-        np.testing.assert_array_equal(t[samplers.NEGATIVE][i],
-                                      logmel[i, 1, negative])
-        np.testing.assert_array_equal(
-            t[samplers.LABELS][i],
-            [labels[i, 0, 0], labels[i, 0, 1], labels[i, 1, negative]])
-        assert bool(t[samplers.VALID][i]) == ok, i
-        if ok:
-            assert labels[i, 0, 0] @ labels[i, 1, negative] == 0
-    # A positive that shares no class with the anchor is never valid.
-    labels[:, 0, 1] = [0, 0, 1, 0]
-    pairs[samplers.LABELS] = labels
-    assert not samplers.supervised_pair_valid(pairs).numpy().any()
 
 
 def test_window_and_recording_ids_are_stable_and_distinct():

@@ -312,6 +312,108 @@ def test_input_without_triplets_is_a_clear_error(tmp_path):
         training.train(config)
 
 
+# ------------------------------------------------- resume = uninterrupted
+def test_stop_and_resume_continues_the_optimizer_exactly(corpus, tmp_path,
+                                                        monkeypatch):
+    """Stopped at N/2 and resumed to N, a run ends where an unbroken one does.
+
+    Compares, step by step and at the end, what a resume must restore
+    besides the weights: Adam's slots (first and second moments), its
+    iteration count, the step counter and so the learning rate the cosine
+    schedule gives at each step. Every step trains on one fixed batch,
+    because a resumed run draws a fresh data order by design (see
+    `training.train`); with the same input the two runs must agree.
+    """
+    steps, stop_at, peak = 6, 3, 1e-3
+    sampler = pipeline.SamplerConfig(sampler="proximity", shuffle_buffer=64)
+    fixed = next(iter(pipeline.make_triplet_dataset(corpus, sampler, BATCH,
+                                                    seed=0)))
+    fixed = tf.nest.map_structure(lambda t: t.numpy(), fixed)
+    monkeypatch.setattr(
+        training.pipeline, "make_triplet_dataset",
+        lambda *args, **kwargs: tf.data.Dataset.from_tensors(fixed).repeat())
+
+    runs = []  # One per train() call: its optimizer, model and trace.
+    run_stop_at = [None]  # Step at which the next train() call is stopped.
+    real_make_train_step = training.make_train_step
+
+    def recording_train_step(config, strategy, model, optimizer,
+                             step_var=None, bad_step=None):
+        step_fn = real_make_train_step(config, strategy, model, optimizer,
+                                       step_var, bad_step)
+        run = {"optimizer": optimizer, "model": model, "trace": {},
+               "stop_at": run_stop_at[0]}
+        runs.append(run)
+
+        def step(batch):
+            out = step_fn(batch)
+            current = int(step_var.numpy())
+            # After step k: Adam's iteration count and the learning rate its
+            # schedule gives there (what the next update would use).
+            run["trace"][current] = (int(optimizer.iterations.numpy()),
+                                     float(optimizer.learning_rate.numpy()))
+            if current == run["stop_at"]:
+                # What SIGTERM does, without sending one: call the handler
+                # `train` installed.
+                handler = signal.getsignal(signal.SIGTERM)
+                assert isinstance(getattr(handler, "__self__", None),
+                                  training._StopFlag), handler
+                handler(signal.SIGTERM, None)
+            return out
+        return step
+
+    monkeypatch.setattr(training, "make_train_step", recording_train_step)
+
+    def config(name):
+        return make_config(corpus, tmp_path / name, steps=steps,
+                           lr_schedule="cosine", learning_rate=peak,
+                           checkpoint_every=1000)
+
+    full = training.train(config("full"))
+    run_stop_at[0] = stop_at
+    stopped = training.train(config("resumed"))
+    run_stop_at[0] = None
+    resumed = training.train(config("resumed"))
+    assert len(runs) == 3
+    full_run, stopped_run, resumed_run = runs
+
+    assert stopped["interrupted"] and stopped["step"] == stop_at
+    assert not full["interrupted"] and not resumed["interrupted"]
+    assert full["step"] == resumed["step"] == steps
+    assert checkpoint_step(str(tmp_path / "full")) == steps
+    assert checkpoint_step(str(tmp_path / "resumed")) == steps
+    assert sorted(stopped_run["trace"]) == list(range(1, stop_at + 1))
+    # The resumed run starts at the step the stopped one checkpointed.
+    assert sorted(resumed_run["trace"]) == list(range(stop_at + 1, steps + 1))
+
+    # Step counter, Adam's iterations and the schedule's learning rate.
+    def cosine_lr(k):
+        return 0.5 * peak * (1.0 + math.cos(math.pi * k / steps))
+
+    for run in runs:
+        for k, (iterations, lr) in run["trace"].items():
+            assert iterations == k, (k, iterations)
+            assert lr == pytest.approx(cosine_lr(k), rel=1e-5, abs=1e-9), k
+            np.testing.assert_allclose(lr, full_run["trace"][k][1],
+                                       rtol=1e-6, atol=1e-12)
+
+    # Adam's state (iterations, then a first and a second moment per
+    # trainable variable) and the weights, in the same order in both runs.
+    full_vars = full_run["optimizer"].variables
+    resumed_vars = resumed_run["optimizer"].variables
+    num_trainable = len(full_run["model"].trainable_variables)
+    assert len(full_vars) == len(resumed_vars) == 1 + 2 * num_trainable
+    for a, b in zip(full_vars, resumed_vars):
+        a, b = a.numpy(), b.numpy()
+        assert a.shape == b.shape
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-8)
+    # The slots are not trivially equal (both still zero, say).
+    assert any(np.abs(v.numpy()).max() > 0 for v in full_vars[1:])
+    for a, b in zip(full_run["model"].weights, resumed_run["model"].weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5,
+                                   atol=1e-6)
+
+
 # ------------------------------------------------------------ NaN loss
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(
         corpus, tmp_path, monkeypatch):

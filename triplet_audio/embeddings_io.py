@@ -5,7 +5,11 @@ same format (D = 96 * 64 = 6144, representation "logmel"), so every
 representation is evaluated by the same code.
 
 A corpus is one `.npz` file, or shards `NAME-00000-of-00004.npz` (each shard
-holds whole segments, with its own segment table). Keys of every file:
+holds whole segments, with its own segment table). The writer names its
+files after the output path PATH it is given, with or without ".npz": NAME
+is PATH less a final ".npz", the single file NAME.npz. A reader given the
+same PATH finds the same files (`resolve_paths`), so `bin/evaluate` accepts
+every `--output` that `bin/embed` accepted. Keys of every file:
 
   embeddings     float32 or float16 [N, D]  one row per 0.96 s window
   segment_index  int64 [N]                  row of the window's segment in
@@ -232,19 +236,42 @@ def _group_means(x, group, num_groups):
     return sums / counts[:, None].astype(np.float32)
 
 
+def _output_stem(path):
+    """NAME of the files written for output `path`: `path` less ".npz"."""
+    return path[:-4] if path.endswith(".npz") else path
+
+
+def single_file_path(path):
+    """The one file `write_embeddings(path, ...)` writes when not sharding.
+
+    Args:
+      path: the output path as given to `write_embeddings`, with or without
+        ".npz", e.g. "x/eval" or "x/eval.npz".
+
+    Returns:
+      e.g. "x/eval.npz" for either.
+    """
+    return _output_stem(path) + ".npz"
+
+
 def shard_path(path, index, num_shards):
     """Path of shard `index` of `num_shards` for the output `path`.
 
     Args:
-      path: the output path as given to `write_embeddings`, e.g. "x/eval.npz".
+      path: the output path as given to `write_embeddings`, e.g. "x/eval.npz"
+        or "x/eval".
       index: shard number, 0-based.
       num_shards: total number of shards.
 
     Returns:
-      e.g. "x/eval-00002-of-00004.npz".
+      e.g. "x/eval-00002-of-00004.npz" for either.
     """
-    stem = path[:-4] if path.endswith(".npz") else path
-    return "%s-%05d-of-%05d.npz" % (stem, index, num_shards)
+    return "%s-%05d-of-%05d.npz" % (_output_stem(path), index, num_shards)
+
+
+def _shard_glob(path):
+    """Glob of every shard set the writer may have written for `path`."""
+    return glob.escape(_output_stem(path)) + "-?????-of-?????.npz"
 
 
 def write_embeddings(path, emb_set, num_shards=1, compress=False):
@@ -266,8 +293,7 @@ def write_embeddings(path, emb_set, num_shards=1, compress=False):
     Returns:
       The list of paths written.
     """
-    if not path.endswith(".npz"):
-        path += ".npz"
+    path = single_file_path(path)
     emb_set.validate()
     num_shards = max(1, min(int(num_shards), emb_set.num_segments))
     directory = os.path.dirname(path)
@@ -305,9 +331,8 @@ def _remove_stale(path, written):
     Without this, re-writing with another shard count would leave two
     complete shard sets that a reader would merge (duplicate segments).
     """
-    stem = path[:-4]
-    candidates = glob.glob(glob.escape(stem) + "-?????-of-?????.npz")
-    candidates.append(path)
+    candidates = glob.glob(_shard_glob(path))
+    candidates.append(single_file_path(path))
     for old in candidates:
         if old not in written and os.path.isfile(old):
             logging.warning("Removing stale embeddings file %s", old)
@@ -370,36 +395,57 @@ def _write_one(path, emb_set, compress):
 def resolve_paths(path_or_glob):
     """Lists the files a path, glob or directory stands for.
 
-    Accepts a single `.npz` file; a glob; a directory (all its `.npz` files);
-    or the path given to `write_embeddings` when it wrote shards. Shards
-    named `-NNNNN-of-MMMMM.npz` matched by a glob, directory or output path
-    must be complete; a shard named on its own is read alone.
+    In this order:
+      1. an existing file: read alone (even a single shard);
+      2. an output path as it was given to `write_embeddings` (`bin/embed
+         --output`), with or without ".npz": the single file or the shard
+         set written for it (`single_file_path`, `shard_path`);
+      3. a directory: all its `.npz` files;
+      4. a glob.
+    Shards named `-NNNNN-of-MMMMM.npz` found by 2-4 must be complete.
 
     Args:
-      path_or_glob: str.
+      path_or_glob: str or path-like.
 
     Returns:
       Sorted list of file paths.
 
     Raises:
-      EmbeddingFormatError: nothing matches, or a set of shards is incomplete.
+      EmbeddingFormatError: nothing matches, a set of shards is incomplete,
+        or an output path has both a single file and shards (the writer
+        never leaves both).
     """
     p = os.fspath(path_or_glob)
-    if os.path.isdir(p):
-        paths = sorted(glob.glob(os.path.join(p, "*.npz")))
-    elif any(ch in p for ch in _GLOB_CHARS):
-        paths = sorted(glob.glob(p))
-    elif os.path.isfile(p):
+    if os.path.isfile(p):
         # One named file is read alone, even a single shard.
         return [p]
-    else:
-        stem = p[:-4] if p.endswith(".npz") else p
-        paths = sorted(glob.glob(glob.escape(stem) + "-?????-of-?????.npz"))
+    paths = _written_files(p)
+    if not paths and os.path.isdir(p):
+        paths = sorted(glob.glob(os.path.join(p, "*.npz")))
+    elif not paths and any(ch in p for ch in _GLOB_CHARS):
+        paths = sorted(glob.glob(p))
     paths = [x for x in paths if not x.endswith(_TEMP_SUFFIX)]
     if not paths:
-        raise EmbeddingFormatError("%s: no embeddings file matches" % p)
+        raise EmbeddingFormatError(
+            "%s: no embeddings file matches (looked for %s, %s-NNNNN-of-"
+            "MMMMM.npz and, for a directory or glob, the .npz files it names)"
+            % (p, single_file_path(p), _output_stem(p)))
     _check_shards_complete(paths, p)
     return paths
+
+
+def _written_files(path):
+    """The files `write_embeddings(path, ...)` wrote that exist, sorted."""
+    single = single_file_path(path)
+    shards = sorted(x for x in glob.glob(_shard_glob(path))
+                    if os.path.isfile(x))
+    if os.path.isfile(single):
+        if shards:
+            raise EmbeddingFormatError(
+                "%s: both %s and shards %s exist (the writer leaves one or "
+                "the other); remove the stale one" % (path, single, shards[0]))
+        return [single]
+    return shards
 
 
 def _check_shards_complete(paths, pattern):

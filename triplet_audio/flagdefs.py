@@ -233,11 +233,12 @@ def define_evaluate_flags():
         flags.DEFINE_string, "train", None,
         "(Required.) Embeddings of the labelled training "
         "segments (for the classifiers and few-shot draws): "
-        "an .npz file, shard glob or directory.")
+        "the --output PATH given to bin/embed, an .npz file, shard "
+        "glob or directory.")
     _define_if_missing(
         flags.DEFINE_string, "eval", None,
         "(Required.) Embeddings of the held-out evaluation "
-        "segments (QbE and classifier scoring).")
+        "segments (QbE and classifier scoring), given as for --train.")
     _define_if_missing(
         flags.DEFINE_string, "output_dir", None,
         "(Required.) Directory for results.json, the Markdown table, plots "
