@@ -72,7 +72,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _has_shards(directory):
-    from triplet_audio import records  # pylint: disable=g-import-not-at-top
+    from triplet_audio.features import records  # pylint: disable=g-import-not-at-top
     try:
         return bool(records.list_shards(directory))
     except FileNotFoundError:
@@ -149,8 +149,8 @@ def _measure(ds, workers):
 def run_config(corpus, num_workers):
     """Times the input with `num_workers` service workers (0: local)."""
     # pylint: disable=g-import-not-at-top
-    from triplet_audio import data_service
-    from triplet_audio import pipeline
+    from triplet_audio.sampling import data_service
+    from triplet_audio.sampling import pipeline
     # pylint: enable=g-import-not-at-top
     config = pipeline.SamplerConfig(sampler=_SAMPLER.value,
                                     shuffle_buffer=_SHUFFLE_BUFFER.value)

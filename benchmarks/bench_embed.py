@@ -97,8 +97,8 @@ def _machine():
 def _bench_model(name, clips, windows, batch_size, repeats, per_clip_files,
                  workdir):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from triplet_audio import export  # pylint: disable=g-import-not-at-top
-    from triplet_audio import models  # pylint: disable=g-import-not-at-top
+    from triplet_audio.serving import export  # pylint: disable=g-import-not-at-top
+    from triplet_audio.model import models  # pylint: disable=g-import-not-at-top
     model = models.build_model(name, seed=0)
     export_dir = os.path.join(workdir, name)
     saved = export.export_saved_model(model, export_dir)
@@ -139,7 +139,7 @@ def _bench_model(name, clips, windows, batch_size, repeats, per_clip_files,
 def main(argv):
     del argv
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from triplet_audio import frontend  # pylint: disable=g-import-not-at-top
+    from triplet_audio.features import frontend  # pylint: disable=g-import-not-at-top
 
     machine = _machine()
     clips = _load_clips(_DATA_DIR.value, _MAX_FILES.value, _SEED.value)

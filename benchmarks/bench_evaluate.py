@@ -4,7 +4,7 @@ Builds synthetic train and eval `EmbeddingSet`s shaped like a mid-sized
 corpus embedded by a triplet model (default 10,000 segments x 10 windows x
 128-d each, 100 classes, 1-3 labels per segment, unit-norm window
 embeddings clustered around class centroids), then runs
-`evaluation.evaluate` with the default (paper) protocol and prints the wall
+`metrics.evaluate` with the default (paper) protocol and prints the wall
 time of each part, its share of the total, and the mAP it produced.
 
   .venv/bin/python benchmarks/bench_evaluate.py [--segments=10000]
@@ -24,8 +24,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from triplet_audio import embeddings_io
-from triplet_audio import evaluation
+from triplet_audio.serving import embeddings_io
+from triplet_audio.evaluation import metrics
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 TARGET_SECONDS_PER_CLASSIFIER = 120.0
@@ -88,8 +88,8 @@ def main(argv):
     train_set = synthetic_set(*args, seed=_SEED.value, prefix="train")
     eval_set = synthetic_set(*args, seed=_SEED.value + 1, prefix="eval")
     build_s = time.perf_counter() - start
-    config = evaluation.EvaluationConfig()
-    results = evaluation.evaluate(train_set, eval_set, config)
+    config = metrics.EvaluationConfig()
+    results = metrics.evaluate(train_set, eval_set, config)
     timings = results["timings"]
     total = timings["total"]
 
@@ -103,7 +103,7 @@ def main(argv):
                          config.learning_rate, config.fewshot_draws,
                          config.fewshot_per_class, config.fewshot_epochs))
     print("%-18s %9s %7s %7s" % ("part", "wall_s", "share", "mAP"))
-    for part in evaluation.ALL_PARTS:
+    for part in metrics.ALL_PARTS:
         print("%-18s %9.1f %6.1f%% %7.3f" % (
             part, timings[part], 100.0 * timings[part] / total,
             results[part]["map"]))
@@ -111,7 +111,7 @@ def main(argv):
     print("QbE chance %.3f; few-shot std %.3f over draws %s" % (
         results["qbe"]["chance"], results["fewshot"]["std"],
         ", ".join("%.3f" % m for m in results["fewshot"]["maps"])))
-    for part in (evaluation.CLASSIFIER_1X512, evaluation.CLASSIFIER_2X512):
+    for part in (metrics.CLASSIFIER_1X512, metrics.CLASSIFIER_2X512):
         print("%s: %.1f s vs target <= %.0f s (ratio %.2f)" % (
             part, timings[part], TARGET_SECONDS_PER_CLASSIFIER,
             timings[part] / TARGET_SECONDS_PER_CLASSIFIER))
@@ -120,7 +120,7 @@ def main(argv):
             "shape": {"segments": _SEGMENTS.value, "windows": _WINDOWS.value,
                       "dim": _DIM.value, "classes": _CLASSES.value},
             "timings": timings,
-            "map": {p: results[p]["map"] for p in evaluation.ALL_PARTS},
+            "map": {p: results[p]["map"] for p in metrics.ALL_PARTS},
             "cpu_count": os.cpu_count(),
             "load_average": os.getloadavg()[0],
         }

@@ -110,7 +110,7 @@ def _run_child(workers):
     if workers == 1:
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    from triplet_audio import extract  # pylint: disable=g-import-not-at-top
+    from triplet_audio.features import extract  # pylint: disable=g-import-not-at-top
     with tempfile.TemporaryDirectory() as out:
         config = extract.ExtractConfig(
             input=_DATA_DIR.value, output_dir=out,

@@ -151,7 +151,7 @@ def _run_worker():
             tf.config.threading.set_inter_op_parallelism_threads(
                 _THREADS.value)
         # pylint: disable-next=g-import-not-at-top
-        from triplet_audio import frontend
+        from triplet_audio.features import frontend
 
         def fn(x):
             return frontend.windows_fn(x).numpy()

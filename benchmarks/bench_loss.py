@@ -31,7 +31,7 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top
 from triplet_audio import constants as C
-from triplet_audio import losses
+from triplet_audio.model import losses
 # pylint: enable=g-import-not-at-top
 
 _BATCH_SIZES = flags.DEFINE_list(
@@ -48,7 +48,7 @@ _JIT = flags.DEFINE_boolean("jit", False,
                             "Compile both losses with XLA (jit_compile).")
 _RESNET = flags.DEFINE_boolean(
     "resnet", True,
-    "Also time a ResNet-50 training step (needs triplet_audio.models).")
+    "Also time a ResNet-50 training step (needs triplet_audio.model.models).")
 _RESNET_BATCH_SIZE = flags.DEFINE_integer("resnet_batch_size", 192,
                                           "Batch size of the ResNet-50 step.")
 _RESNET_STEPS = flags.DEFINE_integer(
@@ -146,12 +146,12 @@ def _batch(b, d, seed=0):
 
 
 def _resnet_step(batch_size):
-    """Times a ResNet-50 train step; None if triplet_audio.models is absent."""
+    """Times a ResNet-50 train step; None if triplet_audio.model.models is absent."""
     try:
         # Imported here so that the loss figures need only losses.py.
-        from triplet_audio import models  # pylint: disable=g-import-not-at-top
+        from triplet_audio.model import models  # pylint: disable=g-import-not-at-top
     except ImportError as e:
-        print(f"ResNet-50 step: skipped, no triplet_audio.models ({e})")
+        print(f"ResNet-50 step: skipped, no triplet_audio.model.models ({e})")
         return None
     model = models.build_model("resnet50", _EMBEDDING_SIZE.value, seed=0)
     optimizer = keras.optimizers.Adam(1e-4)

@@ -90,9 +90,9 @@ def _child(cores):
     """Measures every pipeline on `cores` cores; prints one JSON line."""
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from triplet_audio import flagdefs  # pylint: disable=g-import-not-at-top
-    from triplet_audio import pipeline  # pylint: disable=g-import-not-at-top
-    from triplet_audio import samplers  # pylint: disable=g-import-not-at-top
+    from triplet_audio.config import options as config_options  # pylint: disable=g-import-not-at-top
+    from triplet_audio.sampling import pipeline  # pylint: disable=g-import-not-at-top
+    from triplet_audio.sampling import samplers  # pylint: disable=g-import-not-at-top
     tf.config.threading.set_intra_op_parallelism_threads(cores)
     tf.config.threading.set_inter_op_parallelism_threads(cores)
     options = tf.data.Options()
@@ -135,7 +135,7 @@ def _child(cores):
     pipelines = [("parse", parse_only, corpus_windows),
                  ("floor", floor_ds, corpus_windows)]
     for name in _SAMPLERS.value:
-        if name not in flagdefs.SAMPLERS:
+        if name not in config_options.SAMPLERS:
             raise ValueError("--samplers: unknown sampler %r" % name)
         pipelines.append((name, lambda n=name: sampler_ds(n), reads(name)))
 

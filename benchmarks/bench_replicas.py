@@ -1,6 +1,6 @@
 """Training throughput with 1 vs 2 replicas, local and global mining.
 
-Times the real train step (`training.make_train_step`: forward, semi-hard
+Times the real train step (`trainer.make_train_step`: forward, semi-hard
 triplet loss, backward, Adam update) of the small model on a fixed in-memory
 batch of random log-mel windows, in three configurations:
 
@@ -79,27 +79,27 @@ def _run_child(replicas, mining):
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
     from triplet_audio import constants as C
-    from triplet_audio import models
-    from triplet_audio import pipeline
-    from triplet_audio import training
+    from triplet_audio.model import models
+    from triplet_audio.sampling import pipeline
+    from triplet_audio.training import trainer
     # pylint: enable=g-import-not-at-top
     tf.get_logger().setLevel("ERROR")
     batch_size = _BATCH_SIZE.value
-    config = training.TrainConfig(
+    config = trainer.TrainConfig(
         train_data="(in-memory batch)", model_dir="(none)",
         sampler=pipeline.SamplerConfig(sampler="noise"), model=_MODEL.value,
         batch_size=batch_size, learning_rate=1e-4, lr_schedule="constant",
         strategy="mirrored" if replicas > 1 else "default",
         cpu_replicas=replicas if replicas > 1 else 0, mining=mining)
     config.validate()
-    strategy = training.make_strategy(config)
+    strategy = trainer.make_strategy(config)
     assert strategy.num_replicas_in_sync == replicas
     with strategy.scope():
         model = models.build_model(config.model, config.embedding_size,
                                    seed=0)
-        optimizer, _ = training.make_optimizer(config)
+        optimizer, _ = trainer.make_optimizer(config)
         optimizer.build(model.trainable_variables)
-    step = training.make_train_step(config, strategy, model, optimizer)
+    step = trainer.make_train_step(config, strategy, model, optimizer)
 
     rng = np.random.default_rng(0)
     windows = rng.normal(-2.0, 1.5, (batch_size,) + C.WINDOW_SHAPE)

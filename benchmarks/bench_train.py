@@ -1,6 +1,6 @@
 """Training throughput, and the triplet loss's share of a ResNet-50 step.
 
-Times the real train step of `training.train` (`training.make_train_step`:
+Times the real train step of `trainer.train` (`trainer.make_train_step`:
 forward, semi-hard triplet loss, backward, Adam update, in one tf.function)
 on fixed in-memory batches of random log-mel windows, so the figures are the
 model's and the loss's, without the input pipeline (see bench_pipeline.py for
@@ -44,10 +44,10 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top
 from triplet_audio import constants as C
-from triplet_audio import losses
-from triplet_audio import models
-from triplet_audio import pipeline
-from triplet_audio import training
+from triplet_audio.model import losses
+from triplet_audio.model import models
+from triplet_audio.sampling import pipeline
+from triplet_audio.training import trainer
 # pylint: enable=g-import-not-at-top
 
 _MODELS = flags.DEFINE_list("models", ["small", "resnet50"],
@@ -130,23 +130,23 @@ def _time_calls(fn, args, repeats):
 
 
 class _Trainer:
-    """A model, its optimizer and `training.make_train_step`, as `train` has."""
+    """A model, its optimizer and `trainer.make_train_step`, as `train` has."""
 
     def __init__(self, model_name):
-        self.config = training.TrainConfig(
+        self.config = trainer.TrainConfig(
             train_data="(in-memory batches)", model_dir="(none)",
             sampler=pipeline.SamplerConfig(sampler="noise"), model=model_name,
             embedding_size=_EMBEDDING_SIZE.value, learning_rate=1e-4,
             lr_schedule="constant", mixed_precision="none", jit_compile=False)
         self.config.validate()
-        training.set_precision_policy(self.config.mixed_precision)
+        trainer.set_precision_policy(self.config.mixed_precision)
         strategy = tf.distribute.get_strategy()
         self.model = models.build_model(model_name, self.config.embedding_size,
                                         seed=0)
-        optimizer, _ = training.make_optimizer(self.config)
+        optimizer, _ = trainer.make_optimizer(self.config)
         optimizer.build(self.model.trainable_variables)
         self.params = self.model.count_params()
-        self._step = training.make_train_step(self.config, strategy,
+        self._step = trainer.make_train_step(self.config, strategy,
                                               self.model, optimizer)
 
     def time_step(self, batch_size, repeats):
@@ -198,7 +198,7 @@ def main(argv):
                "tensorflow": tf.__version__,
                "load_average_1min_start": os.getloadavg()[0],
                "throughput": {}, "loss_share": {}}
-    print(f"train step (training.make_train_step: model + semi-hard loss + "
+    print(f"train step (trainer.make_train_step: model + semi-hard loss + "
           f"Adam, float32, no XLA) on in-memory batches; {device}, "
           f"{summary['cpu']}, {summary['cores']} cores, TF {tf.__version__}, "
           f"load average {summary['load_average_1min_start']:.1f}")

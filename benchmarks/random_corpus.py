@@ -25,7 +25,7 @@ def write_corpus(directory, num_recordings, windows, num_shards,
     # pylint: disable=g-import-not-at-top
     import tensorflow as tf
     from triplet_audio import constants as C
-    from triplet_audio import records
+    from triplet_audio.features import records
     # pylint: enable=g-import-not-at-top
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 """Independent NumPy reference of the log-mel front end (frontend.py).
 
 Written from the numbers in DESIGN.md and the framing rules documented in
-`triplet_audio/frontend.py`, without calling TensorFlow, so that the tests can
+`triplet_audio/features/frontend.py`, without calling TensorFlow, so that the tests can
 check the tf.signal implementation against it and the benchmark can time the
 two on the same audio.
 

@@ -10,9 +10,9 @@ import soundfile as sf
 import soxr
 
 from testdata import make_fixtures as F
-from triplet_audio import audio_io
+from triplet_audio.features import audio_io
 from triplet_audio import constants as C
-from triplet_audio import frontend
+from triplet_audio.features import frontend
 
 ALL_KINDS = (audio_io.KIND_UNREADABLE, audio_io.KIND_EMPTY,
              audio_io.KIND_TRUNCATED, audio_io.KIND_NON_FINITE,

@@ -16,10 +16,10 @@ import pytest
 from scipy import stats
 import tensorflow as tf
 
-from triplet_audio import class_index
+from triplet_audio.sampling import class_index
 from triplet_audio import constants as C
-from triplet_audio import pipeline
-from triplet_audio import records
+from triplet_audio.sampling import pipeline
+from triplet_audio.features import records
 
 
 def _write(directory, specs, num_shards, num_classes):

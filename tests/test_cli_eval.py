@@ -10,12 +10,12 @@ import pytest
 import tensorflow as tf
 
 from triplet_audio import constants as C
-from triplet_audio import embeddings_io
-from triplet_audio import evaluation
-from triplet_audio import export
-from triplet_audio import models
-from triplet_audio import records
-from triplet_audio import report
+from triplet_audio.serving import embeddings_io
+from triplet_audio.evaluation import metrics
+from triplet_audio.serving import export
+from triplet_audio.model import models
+from triplet_audio.features import records
+from triplet_audio.evaluation import report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMBED = os.path.join(REPO, "bin", "embed")
@@ -112,10 +112,10 @@ def test_evaluate_writes_results_report_and_plots(embedded):
     counts = results["counts"]
     assert (counts["train"]["segments"], counts["eval"]["segments"]) == (
         6 * len(CLASSES), 4 * len(CLASSES))
-    expected_keys = {evaluation.QBE: {"map", "chance"},
-                     evaluation.CLASSIFIER_1X512: {"map"},
-                     evaluation.CLASSIFIER_2X512: {"map"},
-                     evaluation.FEWSHOT: {"map", "std"}}
+    expected_keys = {metrics.QBE: {"map", "chance"},
+                     metrics.CLASSIFIER_1X512: {"map"},
+                     metrics.CLASSIFIER_2X512: {"map"},
+                     metrics.FEWSHOT: {"map", "std"}}
     for part, keys in expected_keys.items():
         assert keys <= set(results[part]), part
         for key in keys:
@@ -126,9 +126,9 @@ def test_evaluate_writes_results_report_and_plots(embedded):
     config = results["config"]
     assert (config["qbe_num_pos"], config["qbe_min_count"], config["epochs"],
             config["fewshot_draws"]) == (3, 2, 2, 2)
-    assert len(results[evaluation.FEWSHOT]["maps"]) == 2
+    assert len(results[metrics.FEWSHOT]["maps"]) == 2
     # Three classes with 4 eval segments each: all pass --qbe_min_count=2.
-    assert results[evaluation.QBE]["num_classes"] == 3
+    assert results[metrics.QBE]["num_classes"] == 3
     markdown = (out / report.REPORT_NAME).read_text()
     assert "| baseline" in markdown
     for name in (report.PER_CLASS_PLOT_NAME, report.PROJECTION_PLOT_NAME):

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from triplet_audio import constants as C
-from triplet_audio import records
+from triplet_audio.features import records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,7 +7,7 @@ paper fixes", plus the evaluation protocol's sample sizes) is written out as
 a literal and compared with its home: the front end and window shape in
 `constants`, the embedding size in `models` / `training` / the train flags,
 the sampler defaults in `pipeline.SamplerConfig` and the sampler flags, the
-protocol sizes in `evaluation.EvaluationConfig`. The NumPy front-end reference
+protocol sizes in `metrics.EvaluationConfig`. The NumPy front-end reference
 (tests/numpy_frontend.py) restates the front-end numbers on its own too.
 """
 
@@ -21,11 +21,11 @@ import pytest
 
 import numpy_frontend
 from triplet_audio import constants as C
-from triplet_audio import evaluation
-from triplet_audio import flagdefs
-from triplet_audio import models
-from triplet_audio import pipeline
-from triplet_audio import training
+from triplet_audio.evaluation import metrics
+from triplet_audio.cli import flagdefs
+from triplet_audio.model import models
+from triplet_audio.sampling import pipeline
+from triplet_audio.training import trainer
 
 
 # ------------------------------------------------------------- front end
@@ -91,7 +91,7 @@ def test_silence_has_the_log_of_the_offset_in_every_cell():
 
     Catches a wrong offset directly: log(0.001) is 2.3 away.
     """
-    from triplet_audio import frontend  # pylint: disable=g-import-not-at-top
+    from triplet_audio.features import frontend  # pylint: disable=g-import-not-at-top
     windows = frontend.waveform_to_windows(
         np.zeros(2 * 96 * 160 + 400, np.float32)).numpy()
     assert windows.shape == (2, 96, 64)
@@ -104,7 +104,7 @@ def test_embedding_size_is_128_by_default():
     assert signature.parameters["embedding_size"].default == 128
     assert signature.parameters["name"].default == "resnet50"
     defaults = {f.name: f.default for f in dataclasses.fields(
-        training.TrainConfig)}
+        trainer.TrainConfig)}
     assert defaults["embedding_size"] == 128
     assert defaults["model"] == "resnet50"
     flagdefs.define_train_flags()
@@ -132,7 +132,7 @@ def test_sampler_defaults_are_the_papers(name, value):
 
 # ------------------------------------------------------ evaluation protocol
 def test_evaluation_protocol_sizes():
-    config = evaluation.EvaluationConfig()
+    config = metrics.EvaluationConfig()
     # QbE: 100 segments with the class and 100 without.
     assert (config.qbe_num_pos, config.qbe_num_neg) == (100, 100)
     assert config.qbe_min_count is None  # The exact protocol.
@@ -141,5 +141,5 @@ def test_evaluation_protocol_sizes():
     assert config.hidden_units == 512
     assert (config.fewshot_per_class, config.fewshot_draws) == (20, 3)
     assert config.fewshot_layers("proximity") == 1
-    assert config.fewshot_layers(evaluation.LOGMEL_REPRESENTATION) == 4
-    assert evaluation.LOGMEL_REPRESENTATION == "logmel"
+    assert config.fewshot_layers(metrics.LOGMEL_REPRESENTATION) == 4
+    assert metrics.LOGMEL_REPRESENTATION == "logmel"

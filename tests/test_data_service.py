@@ -23,10 +23,10 @@ import pytest
 import tensorflow as tf
 
 from triplet_audio import constants as C
-from triplet_audio import data_service
-from triplet_audio import flagdefs
-from triplet_audio import pipeline
-from triplet_audio import records
+from triplet_audio.sampling import data_service
+from triplet_audio.cli import flagdefs
+from triplet_audio.sampling import pipeline
+from triplet_audio.features import records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
@@ -340,21 +340,21 @@ def test_binary_serves_until_sigterm():
 def test_training_reads_its_batches_from_the_service(corpus, service,
                                                      tmp_path):
     """train() with --tf_data_service: steps run on batches the workers made."""
-    from triplet_audio import training  # pylint: disable=g-import-not-at-top
+    from triplet_audio.training import trainer  # pylint: disable=g-import-not-at-top
     directory, _ = corpus
-    config = training.TrainConfig(
+    config = trainer.TrainConfig(
         train_data=directory, model_dir=str(tmp_path / "run"),
         sampler=pipeline.SamplerConfig(sampler="noise", shuffle_buffer=64),
         model="small", embedding_size=8, batch_size=12, steps=3,
         checkpoint_every=3, log_every=1, tf_data_service=service,
         tf_data_service_streams=2)
-    summary = training.train(config)
+    summary = trainer.train(config)
     assert summary["step"] == 3 and not summary["interrupted"]
     assert np.isfinite(summary["metrics"]["loss"])
-    saved = training.load_config(str(tmp_path / "run"))
+    saved = trainer.load_config(str(tmp_path / "run"))
     assert saved.tf_data_service == service
     with pytest.raises(ValueError, match="tf_data_service"):
-        training.TrainConfig(
+        trainer.TrainConfig(
             train_data=directory, model_dir=str(tmp_path / "bad"),
             sampler=pipeline.SamplerConfig(sampler="noise"),
             tf_data_service="localhost:5050").validate()

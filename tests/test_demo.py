@@ -1,4 +1,4 @@
-"""The one-command demo (triplet_audio/demo.py, bin/demo).
+"""The one-command demo (triplet_audio/demo/runner.py, bin/demo).
 
 Two layers: the stage bookkeeping (skip, resume, stale, failure, report) with
 a fake launcher that writes each stage's outputs instead of running it, in
@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from triplet_audio import demo
-from triplet_audio import evaluation
-from triplet_audio import report
+from triplet_audio.demo import runner
+from triplet_audio.evaluation import metrics
+from triplet_audio.evaluation import report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "bin", "demo")
@@ -79,12 +79,12 @@ def _fake_results(name, qbe):
     per_class = {"a": qbe - 0.05, "b": qbe + 0.05}
     return {
         "name": name, "representation": name,
-        evaluation.QBE: {"map": qbe, "chance": 0.2, "per_class": per_class},
-        evaluation.CLASSIFIER_1X512: {"map": qbe - 0.1,
+        metrics.QBE: {"map": qbe, "chance": 0.2, "per_class": per_class},
+        metrics.CLASSIFIER_1X512: {"map": qbe - 0.1,
                                       "per_class": per_class},
-        evaluation.CLASSIFIER_2X512: {"map": qbe - 0.1,
+        metrics.CLASSIFIER_2X512: {"map": qbe - 0.1,
                                       "per_class": per_class},
-        evaluation.FEWSHOT: {"map": qbe - 0.2, "std": 0.01,
+        metrics.FEWSHOT: {"map": qbe - 0.2, "std": 0.01,
                              "maps": [qbe - 0.21, qbe - 0.19],
                              "architecture": "1x512"},
     }
@@ -100,17 +100,17 @@ def flagfile(tmp_path):
 def _config(tmp_path, flagfile, **kwargs):
     # One stage at a time, so that the order of the launches is known.
     kwargs.setdefault("jobs", 1)
-    return demo.DemoConfig(output_dir=str(tmp_path / "run"),
+    return runner.DemoConfig(output_dir=str(tmp_path / "run"),
                            train_flagfile=flagfile, **kwargs)
 
 
 # ------------------------------------------------------------------ plan
 def test_plan_has_every_stage_in_dependency_order(tmp_path, flagfile):
-    stages = demo.plan_stages(_config(tmp_path, flagfile).validate())
+    stages = runner.plan_stages(_config(tmp_path, flagfile).validate())
     names = [s.name for s in stages]
     # corpus, 2 x features, logmel (2 embeds + evaluate), and per training
     # run train, export, 2 embeds, evaluate.
-    assert len(names) == 3 + 3 + 5 * len(demo.ALL_RUNS)
+    assert len(names) == 3 + 3 + 5 * len(runner.ALL_RUNS)
     assert len(set(names)) == len(names)
     position = {n: i for i, n in enumerate(names)}
     for stage in stages:
@@ -125,7 +125,7 @@ def test_plan_has_every_stage_in_dependency_order(tmp_path, flagfile):
 def test_plan_passes_settings_to_the_binaries(tmp_path, flagfile):
     config = _config(tmp_path, flagfile, train_flags=("--steps=7",),
                      qbe_min_count=12, num_eval=33).validate()
-    by_name = {s.name: s for s in demo.plan_stages(config)}
+    by_name = {s.name: s for s in runner.plan_stages(config)}
     train = by_name["train_proximity"].args
     # Flag file first, overrides next, and sampler / paths last so that
     # nothing redirects a run.
@@ -169,20 +169,20 @@ def test_config_rejects_missing_flagfile(tmp_path):
 def test_rerun_skips_every_complete_stage(tmp_path, flagfile):
     config = _config(tmp_path, flagfile)
     first = FakeLauncher()
-    out = demo.run_demo(config, launch=first)
-    assert len(first.calls) == len(demo.plan_stages(config))
+    out = runner.run_demo(config, launch=first)
+    assert len(first.calls) == len(runner.plan_stages(config))
     assert all(r["status"] == "ran" for r in out["stages"])
     second = FakeLauncher()
-    out = demo.run_demo(config, launch=second)
+    out = runner.run_demo(config, launch=second)
     assert second.calls == []
     assert [r["status"] for r in out["stages"][:-1]] == (
         ["skipped"] * len(first.calls))
-    assert out["stages"][-1]["stage"] == demo.REPORT_STAGE
+    assert out["stages"][-1]["stage"] == runner.REPORT_STAGE
 
 
 def test_parallel_stages_start_only_after_their_inputs(tmp_path, flagfile):
     config = _config(tmp_path, flagfile, jobs=3)
-    stages = {s.name: s for s in demo.plan_stages(config)}
+    stages = {s.name: s for s in runner.plan_stages(config)}
     complete = set()
     running = []
     peak = [0]
@@ -198,7 +198,7 @@ def test_parallel_stages_start_only_after_their_inputs(tmp_path, flagfile):
         complete.add(stage.name)
         return status
 
-    out = demo.run_demo(config, launch=launch)
+    out = runner.run_demo(config, launch=launch)
     assert sorted(inner.calls) == sorted(stages)
     assert 1 < peak[0] <= 3
     # Records stay in plan order whatever order the stages ended in.
@@ -208,10 +208,10 @@ def test_parallel_stages_start_only_after_their_inputs(tmp_path, flagfile):
 def test_changed_training_flags_rerun_only_the_trained_rows(tmp_path,
                                                             flagfile):
     config = _config(tmp_path, flagfile, samplers=("supervised", "noise"))
-    demo.run_demo(config, launch=FakeLauncher())
+    runner.run_demo(config, launch=FakeLauncher())
     config.train_flags = ("--learning_rate=0.01",)
     again = FakeLauncher()
-    demo.run_demo(config, launch=again)
+    runner.run_demo(config, launch=again)
     # The baseline and the data are untouched; each trained row runs from
     # scratch: its stale run directory was removed first.
     assert again.calls == [
@@ -225,11 +225,11 @@ def test_changed_training_flags_rerun_only_the_trained_rows(tmp_path,
 
 def test_changed_flagfile_contents_are_stale(tmp_path, flagfile):
     config = _config(tmp_path, flagfile, samplers=("proximity",))
-    demo.run_demo(config, launch=FakeLauncher())
+    runner.run_demo(config, launch=FakeLauncher())
     with open(flagfile, "a") as f:
         f.write("--batch_size=12\n")
     again = FakeLauncher()
-    demo.run_demo(config, launch=again)
+    runner.run_demo(config, launch=again)
     assert again.calls[0] == "train_proximity"
     assert "corpus" not in again.calls
 
@@ -237,10 +237,10 @@ def test_changed_flagfile_contents_are_stale(tmp_path, flagfile):
 def test_changed_corpus_reruns_everything_downstream(tmp_path, flagfile):
     config = _config(tmp_path, flagfile, samplers=("proximity",))
     first = FakeLauncher()
-    demo.run_demo(config, launch=first)
+    runner.run_demo(config, launch=first)
     config.num_train += 1
     again = FakeLauncher()
-    demo.run_demo(config, launch=again)
+    runner.run_demo(config, launch=again)
     assert again.calls == first.calls
 
 
@@ -249,12 +249,12 @@ def test_interrupted_stage_resumes_over_its_partial_outputs(tmp_path,
     config = _config(tmp_path, flagfile, samplers=("supervised", "proximity"))
     first = FakeLauncher()
     first.fail["train_proximity"] = (3, "signal 2: checkpointed at step 2\n")
-    with pytest.raises(demo.StageError, match="stage train_proximity failed "
+    with pytest.raises(runner.StageError, match="stage train_proximity failed "
                        r"\(exit status 3\): signal 2: checkpointed"):
-        demo.run_demo(config, launch=first)
+        runner.run_demo(config, launch=first)
     assert first.calls[-1] == "train_proximity"
     again = FakeLauncher()
-    out = demo.run_demo(config, launch=again)
+    out = runner.run_demo(config, launch=again)
     assert again.calls == ["train_proximity", "export_proximity",
                            "embed_proximity_train", "embed_proximity_eval",
                            "evaluate_proximity"]
@@ -279,14 +279,14 @@ def test_sigterm_stops_the_demo_and_the_stage_resumes(tmp_path, flagfile):
         time.sleep(0.5)
         return 3
 
-    with pytest.raises(demo.StageError, match="^interrupted during stage"
+    with pytest.raises(runner.StageError, match="^interrupted during stage"
                        r"\(s\) train_proximity; rerun"):
-        demo.run_demo(config, launch=launch)
+        runner.run_demo(config, launch=launch)
     assert inner.calls[-1] == "train_proximity"
     # SIGTERM is back to what it was.
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     again = FakeLauncher()
-    out = demo.run_demo(config, launch=again)
+    out = runner.run_demo(config, launch=again)
     assert again.calls[0] == "train_proximity"
     status = {r["stage"]: r["status"] for r in out["stages"]}
     assert status["train_proximity"] == "resumed"
@@ -298,14 +298,14 @@ def test_failure_names_the_stage_shows_the_reason_and_stops(tmp_path,
     launcher = FakeLauncher()
     launcher.fail["export_supervised"] = (
         1, "Traceback...\nerror: no checkpoint in runs/supervised\n")
-    with pytest.raises(demo.StageError) as info:
-        demo.run_demo(config, launch=launcher)
+    with pytest.raises(runner.StageError) as info:
+        runner.run_demo(config, launch=launcher)
     message = str(info.value)
     assert message.startswith("stage export_supervised failed (exit status "
                               "1): error: no checkpoint in runs/supervised")
     assert os.path.join("logs", "export_supervised.log") in message
     assert launcher.calls[-1] == "export_supervised"
-    assert not os.path.exists(tmp_path / "run" / demo.REPORT_MD)
+    assert not os.path.exists(tmp_path / "run" / runner.REPORT_MD)
 
 
 def test_stage_that_writes_nothing_fails(tmp_path, flagfile):
@@ -315,15 +315,15 @@ def test_stage_that_writes_nothing_fails(tmp_path, flagfile):
         del stage, argv, log_path, prefix
         return 0
 
-    with pytest.raises(demo.StageError,
+    with pytest.raises(runner.StageError,
                        match="stage corpus exited 0 but did not write"):
-        demo.run_demo(config, launch=silent)
+        runner.run_demo(config, launch=silent)
 
 
 def test_dry_run_writes_nothing(tmp_path, flagfile):
     config = _config(tmp_path, flagfile, dry_run=True)
     launcher = FakeLauncher()
-    out = demo.run_demo(config, launch=launcher)
+    out = runner.run_demo(config, launch=launcher)
     assert launcher.calls == []
     assert not os.path.exists(config.output_dir)
     assert out["stages"][0]["command"].startswith("bin/make_corpus ")
@@ -332,9 +332,9 @@ def test_dry_run_writes_nothing(tmp_path, flagfile):
 # ---------------------------------------------------------------- report
 def test_report_has_table1_with_recovery_and_structure(tmp_path, flagfile):
     config = _config(tmp_path, flagfile)
-    out = demo.run_demo(config, launch=FakeLauncher())
+    out = runner.run_demo(config, launch=FakeLauncher())
     run = tmp_path / "run"
-    markdown = (run / demo.REPORT_MD).read_text()
+    markdown = (run / runner.REPORT_MD).read_text()
     assert markdown == out["markdown"]
     # Proximity recovers (0.60 - 0.40) / (0.80 - 0.40) = 50% of QbE.
     assert "| proximity | 0.600 | 50% | 0.500 | 50% |" in markdown
@@ -343,15 +343,15 @@ def test_report_has_table1_with_recovery_and_structure(tmp_path, flagfile):
     assert "## Table 2" in markdown and "0.420 ± 0.010" in markdown
     assert "every unsupervised sampler beats log-mel: yes" in markdown
     assert os.path.exists(run / report.PER_CLASS_PLOT_NAME)
-    with open(run / demo.REPORT_JSON) as f:
+    with open(run / runner.REPORT_JSON) as f:
         data = json.load(f)
     rows = {r["name"]: r for r in data["table1"]}
-    assert rows["joint"][evaluation.QBE]["recovery"] == pytest.approx(0.55)
+    assert rows["joint"][metrics.QBE]["recovery"] == pytest.approx(0.55)
     assert rows["supervised"]["role"] == "topline"
-    assert set(data["runs"]) == set(demo.ALL_RUNS) | {"logmel"}
-    assert data["runs"]["noise"][evaluation.QBE]["map"] == 0.45
+    assert set(data["runs"]) == set(runner.ALL_RUNS) | {"logmel"}
+    assert data["runs"]["noise"][metrics.QBE]["map"] == 0.45
     assert all(c["holds"] for c in data["checks"])
-    assert data["stages"][-1]["stage"] == demo.REPORT_STAGE
+    assert data["stages"][-1]["stage"] == runner.REPORT_STAGE
     assert data["seconds"] >= 0
 
 
@@ -359,7 +359,7 @@ def test_structure_checks_say_which_claim_fails():
     scores = dict(FAKE_QBE, proximity=0.47, noise=0.39)
     results = {n: {"qbe": {"map": v}} for n, v in scores.items()}
     checks = {c["claim"]: c["holds"]
-              for c in demo.structure_checks(results, demo.ALL_RUNS)}
+              for c in runner.structure_checks(results, runner.ALL_RUNS)}
     assert checks == {
         "every unsupervised sampler beats log-mel": False,
         "temporal proximity is the strongest single sampler": False,
@@ -368,7 +368,7 @@ def test_structure_checks_say_which_claim_fails():
     # A run that was not evaluated is "not measured", not a verdict.
     del results["joint"]
     checks = {c["claim"]: c["holds"]
-              for c in demo.structure_checks(results, demo.ALL_RUNS)}
+              for c in runner.structure_checks(results, runner.ALL_RUNS)}
     assert checks["joint is at least as good as the best single sampler"] \
         is None
 
@@ -378,8 +378,8 @@ def test_progress_line_is_the_last_log_line_without_prefix(tmp_path):
     log.write_text("==== demo train: started\n"
                    "I1125 18:15:22.560946 139663854136192 training.py:412] "
                    "step 25/150  loss 0.0562\n\n")
-    assert demo._last_line(str(log)) == "step 25/150  loss 0.0562"
-    assert demo._last_line(str(tmp_path / "missing.log")) == ""
+    assert runner._last_line(str(log)) == "step 25/150  loss 0.0562"
+    assert runner._last_line(str(tmp_path / "missing.log")) == ""
 
 
 # ------------------------------------------------------------ bin/demo
@@ -427,7 +427,7 @@ def test_shipped_flagfile_plans_the_full_demo(tmp_path):
                      timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert not os.path.exists(tmp_path / "run")
-    for name in demo.ALL_RUNS:
+    for name in runner.ALL_RUNS:
         assert "train_%s: bin/train --flagfile=%s" % (
             name, os.path.join(REPO, "flags", "demo.cfg")) in proc.stderr
     assert "evaluate_logmel: bin/evaluate" in proc.stderr
@@ -469,19 +469,19 @@ def mini_demo(tmp_path_factory):
 
 def test_mini_demo_writes_every_report_file(mini_demo):
     run, _, proc = mini_demo
-    markdown = (run / demo.REPORT_MD).read_text()
+    markdown = (run / runner.REPORT_MD).read_text()
     # The binary prints the tables.
     assert proc.stdout == markdown
     for row in ("| supervised (topline) |", "| logmel (baseline) |",
                 "| proximity |"):
         assert row in markdown
-    with open(run / demo.REPORT_JSON) as f:
+    with open(run / runner.REPORT_JSON) as f:
         data = json.load(f)
     assert [r["name"] for r in data["table1"]] == [
         "supervised", "logmel", "proximity"]
     for name in ("logmel", "supervised", "proximity"):
         results = data["runs"][name]
-        assert 0.0 <= results[evaluation.QBE]["map"] <= 1.0
+        assert 0.0 <= results[metrics.QBE]["map"] <= 1.0
         for name_ in (report.RESULTS_NAME, report.PER_CLASS_PLOT_NAME,
                       report.PROJECTION_PLOT_NAME):
             assert os.path.exists(run / "eval" / name / name_), (name, name_)
@@ -491,8 +491,8 @@ def test_mini_demo_writes_every_report_file(mini_demo):
         with open(run / "runs" / name / "train_summary.json") as f:
             assert json.load(f)["step"] == 4
     assert os.path.exists(run / report.PER_CLASS_PLOT_NAME)
-    assert os.path.exists(run / demo.CONFIG_NAME)
-    logs = sorted(os.listdir(run / demo.LOGS_DIR))
+    assert os.path.exists(run / runner.CONFIG_NAME)
+    logs = sorted(os.listdir(run / runner.LOGS_DIR))
     assert "train_proximity.log" in logs and len(logs) == 16
     assert "step 4/4" in (run / "logs" / "train_proximity.log").read_text()
     assert "[16/17] evaluate_proximity" in proc.stderr
@@ -503,13 +503,13 @@ def test_mini_demo_writes_every_report_file(mini_demo):
 
 def test_mini_demo_rerun_skips_completed_stages(mini_demo):
     run, args, _ = mini_demo
-    logs = run / demo.LOGS_DIR
+    logs = run / runner.LOGS_DIR
     before = {n: os.path.getmtime(logs / n) for n in os.listdir(logs)}
     proc = _run_demo(*args, timeout=120)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert proc.stderr.count("complete, skipped") == 16
     assert {n: os.path.getmtime(logs / n) for n in os.listdir(logs)} == before
-    with open(run / demo.REPORT_JSON) as f:
+    with open(run / runner.REPORT_JSON) as f:
         stages = json.load(f)["stages"]
     assert [s["status"] for s in stages] == ["skipped"] * 16 + ["ran"]
 
@@ -530,5 +530,5 @@ def test_mini_demo_failing_stage_stops_with_its_name(mini_demo):
     # complete and skipped.
     assert "[8/17]" not in proc.stderr
     assert proc.stderr.count("complete, skipped") == 6
-    with open(run / demo.STAMPS_DIR / "train_supervised.json") as f:
+    with open(run / runner.STAMPS_DIR / "train_supervised.json") as f:
         assert json.load(f)["status"] == "running"

@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from triplet_audio import losses
-from triplet_audio import training
+from triplet_audio.model import losses
+from triplet_audio.training import trainer
 
 import test_training  # pylint: disable=g-bad-import-order
 from test_training import BATCH
@@ -92,8 +92,8 @@ def test_validate_names_the_invalid_field(field, overrides):
 def test_distributed_fields_round_trip(tmp_path):
     config = make_config("/data/corpus", str(tmp_path), strategy="mirrored",
                          mining="global", cpu_replicas=2)
-    training.config_io.write_config(str(tmp_path), config)
-    assert training.load_config(str(tmp_path)) == config
+    trainer.jsonio.write_config(str(tmp_path), config)
+    assert trainer.load_config(str(tmp_path)) == config
     assert make_config("/c", "/m").mining == "local"
 
 
@@ -125,10 +125,10 @@ _MINING_SCRIPT = textwrap.dedent("""
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     from triplet_audio import constants as C
-    from triplet_audio import losses
-    from triplet_audio import models
-    from triplet_audio import pipeline
-    from triplet_audio import training
+    from triplet_audio.model import losses
+    from triplet_audio.model import models
+    from triplet_audio.sampling import pipeline
+    from triplet_audio.training import trainer
 
     B, D = 24, 8
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -143,7 +143,7 @@ _MINING_SCRIPT = textwrap.dedent("""
                 keras.layers.Dense(D, kernel_initializer=
                                    keras.initializers.GlorotNormal(seed=1)),
                 models.L2Normalize()])
-            optimizer, _ = training.make_optimizer(config)
+            optimizer, _ = trainer.make_optimizer(config)
             optimizer.build(model.trainable_variables)
         return model, optimizer
 
@@ -153,7 +153,7 @@ _MINING_SCRIPT = textwrap.dedent("""
         # the gradient the optimizer received, after the replicas' sum.
         model, optimizer = build(strategy, config)
         before = [w.numpy() for w in model.trainable_variables]
-        step = training.make_train_step(config, strategy, model, optimizer)
+        step = trainer.make_train_step(config, strategy, model, optimizer)
         data = tf.data.Dataset.from_tensor_slices((windows, labels)).batch(B)
         if strategy is not one_device:
             # Splits the batch in contiguous halves: replica 0 the first.
@@ -174,7 +174,7 @@ _MINING_SCRIPT = textwrap.dedent("""
             labels = rng.integers(0, 5, size=B).astype("int64")
         else:
             labels = (rng.random((B, 4)) < 0.35).astype("float32")
-        config = training.TrainConfig(
+        config = trainer.TrainConfig(
             train_data="unused", model_dir="unused",
             sampler=pipeline.SamplerConfig(sampler="noise"),
             batch_size=B, margin=0.5, distance=distance, optimizer="sgd",
@@ -241,7 +241,7 @@ def test_bin_train_mirrored_on_two_cpu_replicas_trains_and_resumes(
     assert summary["step"] == 4 and not summary["interrupted"]
     assert summary["metrics"]["loss"] > 0
     assert checkpoint_step(model_dir) == 4
-    assert training.load_config(model_dir).mining == "global"
+    assert trainer.load_config(model_dir).mining == "global"
 
     second = subprocess.run(_train_command(corpus, model_dir, 6, *flags),
                             cwd=REPO_ROOT, env=_env(), capture_output=True,
@@ -252,9 +252,9 @@ def test_bin_train_mirrored_on_two_cpu_replicas_trains_and_resumes(
     assert checkpoint_step(model_dir) == 6
 
     # Checkpoints do not depend on the strategy: resume on one device.
-    config = dataclasses.replace(training.load_config(model_dir),
+    config = dataclasses.replace(trainer.load_config(model_dir),
                                  strategy="default", cpu_replicas=0, steps=7)
-    summary = training.train(config)
+    summary = trainer.train(config)
     assert summary["step"] == 7 and checkpoint_step(model_dir) == 7
 
 

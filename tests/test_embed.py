@@ -1,4 +1,4 @@
-"""Tests of triplet_audio.embed on tiny TFRecord corpora and audio folders."""
+"""Tests of triplet_audio.serving.embed on tiny TFRecord corpora and audio folders."""
 
 import json
 import os
@@ -8,14 +8,14 @@ import pytest
 import soundfile as sf
 import tensorflow as tf
 
-from triplet_audio import audio_io
+from triplet_audio.features import audio_io
 from triplet_audio import constants as C
-from triplet_audio import embed
-from triplet_audio import embeddings_io
-from triplet_audio import export
-from triplet_audio import frontend
-from triplet_audio import models
-from triplet_audio import records
+from triplet_audio.serving import embed
+from triplet_audio.serving import embeddings_io
+from triplet_audio.serving import export
+from triplet_audio.features import frontend
+from triplet_audio.model import models
+from triplet_audio.features import records
 
 CLASSES = ["bird", "car", "dog"]
 D_LOGMEL = C.WINDOW_FRAMES * C.NUM_MEL_BANDS

@@ -1,4 +1,4 @@
-"""Tests of the embeddings file format (triplet_audio/embeddings_io.py)."""
+"""Tests of the embeddings file format (triplet_audio/serving/embeddings_io.py)."""
 
 import glob
 import os
@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from triplet_audio import embeddings_io as eio
+from triplet_audio.serving import embeddings_io as eio
 
 
 def make_set(num_segments=12, dim=8, num_classes=3, seed=0, dtype=np.float32,

@@ -1,4 +1,4 @@
-"""Tests of the paper's evaluation protocol (triplet_audio/evaluation.py)."""
+"""Tests of the paper's evaluation protocol (triplet_audio/evaluation/metrics.py)."""
 
 import dataclasses
 import math
@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from triplet_audio import embeddings_io as eio
-from triplet_audio import evaluation as ev
+from triplet_audio.serving import embeddings_io as eio
+from triplet_audio.evaluation import metrics as ev
 
 # Chance of the 100 + 100 design, from the pair counts (not the paper's
 # rounded 0.331): C(100, 2) relevant among C(100, 2) + 100 * 100.

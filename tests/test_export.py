@@ -1,4 +1,4 @@
-"""Round trip of triplet_audio.export: SavedModel, metadata.json, model.keras.
+"""Round trip of triplet_audio.serving.export: SavedModel, metadata.json, model.keras.
 
 The SavedModel is exercised the way a consumer uses it: in a fresh Python
 process that loads it with plain `tf.saved_model.load` and cannot import
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from triplet_audio import constants as C
-from triplet_audio import export
-from triplet_audio import frontend
-from triplet_audio import models
+from triplet_audio.serving import export
+from triplet_audio.features import frontend
+from triplet_audio.model import models
 
 ATOL = 1e-5
 

@@ -14,11 +14,11 @@ import soundfile as sf
 import tensorflow as tf
 
 from testdata import make_fixtures as F
-from triplet_audio import audio_io
+from triplet_audio.features import audio_io
 from triplet_audio import constants as C
-from triplet_audio import extract
-from triplet_audio import frontend
-from triplet_audio import records
+from triplet_audio.features import extract
+from triplet_audio.features import frontend
+from triplet_audio.features import records
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(REPO_ROOT, "bin", "extract_features")

@@ -18,8 +18,8 @@ import warnings
 import pytest
 
 from testdata import make_fixtures as F
-from triplet_audio import extract
-from triplet_audio import records
+from triplet_audio.features import extract
+from triplet_audio.features import records
 
 try:
     import apache_beam  # noqa: F401  pylint: disable=unused-import
@@ -32,7 +32,7 @@ except ImportError:
     pytest.skip(_WHY, allow_module_level=True)
 # After the check: only importable with apache_beam (and a broken import of
 # our own must fail, not skip).
-from triplet_audio import extract_beam  # noqa: E402  pylint: disable=g-import-not-at-top
+from triplet_audio.features import extract_beam  # noqa: E402  pylint: disable=g-import-not-at-top
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(REPO_ROOT, "bin", "extract_features")
@@ -240,9 +240,9 @@ def test_without_beam_the_error_says_how_to_install_it(
         fixtures_dir, tmp_path, caplog, monkeypatch):
     # As if apache-beam were not installed: its import fails.
     monkeypatch.setitem(sys.modules, "apache_beam", None)
-    monkeypatch.delitem(sys.modules, "triplet_audio.extract_beam")
+    monkeypatch.delitem(sys.modules, "triplet_audio.features.extract_beam")
     # `from triplet_audio import extract_beam` would find the attribute.
-    monkeypatch.delattr("triplet_audio.extract_beam")
+    monkeypatch.delattr("triplet_audio.features.extract_beam")
     assert extract.main(_config(fixtures_dir, tmp_path)) == 2
     (error,) = _error_lines(caplog)
     assert "pip install 'triplet-audio[beam]'" in error, error

@@ -26,11 +26,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from triplet_audio import cli
+from triplet_audio.config import options
+from triplet_audio.cli import mains
 from triplet_audio import constants as C
-from triplet_audio import flagdefs
-from triplet_audio import records
-from triplet_audio import training
+from triplet_audio.cli import flagdefs
+from triplet_audio.features import records
+from triplet_audio.training import trainer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS_DIR = os.path.join(REPO_ROOT, "flags")
@@ -56,7 +57,7 @@ EXPECTED = {
     "supervised.cfg": (None, PAPER_MODEL),
     "joint.cfg": (None, PAPER_MODEL),
 }
-SAMPLER_FILES = tuple(name + ".cfg" for name in flagdefs.SAMPLERS)
+SAMPLER_FILES = tuple(name + ".cfg" for name in options.SAMPLERS)
 # Flag files of other binaries, smoke-tested beside them.
 OTHER_BINARIES = {"demo_pipeline.cfg": "bin/demo (tests/test_demo.py)"}
 
@@ -146,7 +147,7 @@ def test_flag_file_resolves_to_a_valid_paper_config(parse, name):
     if name == "joint.cfg":
         # The four unsupervised samplers, equally weighted.
         weights = config.sampler.joint_weights
-        assert set(weights) == set(flagdefs.UNSUPERVISED_SAMPLERS)
+        assert set(weights) == set(options.UNSUPERVISED_SAMPLERS)
         assert len(set(weights.values())) == 1 and min(weights.values()) > 0
     # Paper runs must fit their warm-up, batches and checkpoints in the run.
     assert config.warmup_steps < config.steps
@@ -164,15 +165,15 @@ def test_command_line_overrides_the_flag_file(parse):
 
 @pytest.mark.parametrize("name", SAMPLER_FILES)
 def test_paper_flag_file_trains_and_checkpoints(parse, corpus, tmp_path, name):
-    # In-process through bin/train's entry point (cli.train_main), which
+    # In-process through bin/train's entry point (mains.train_main), which
     # saves a process start per file; the demo file goes through the binary.
     model_dir = str(tmp_path / "run")
     parse(_command_line(name, corpus, model_dir) + list(TINY))
-    assert cli.train_main() == 0
-    config = training.load_config(model_dir)
+    assert mains.train_main() == 0
+    config = trainer.load_config(model_dir)
     assert config.sampler.sampler == name[:-len(".cfg")]
     assert config.model == "small"
-    _, _, step = training.restore_model(model_dir)
+    _, _, step = trainer.restore_model(model_dir)
     assert step == 3
 
 
@@ -185,9 +186,9 @@ def test_demo_flag_file_trains_and_checkpoints_with_bin_train(corpus,
                                                     model_dir) + list(TINY),
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    with open(os.path.join(model_dir, training.SUMMARY_NAME)) as f:
+    with open(os.path.join(model_dir, trainer.SUMMARY_NAME)) as f:
         summary = json.load(f)
     assert summary["step"] == 3 and not summary["interrupted"]
     assert tf.train.latest_checkpoint(os.path.join(
-        model_dir, training.CHECKPOINT_SUBDIR)).endswith("ckpt-3")
-    assert training.load_config(model_dir).sampler.sampler == "proximity"
+        model_dir, trainer.CHECKPOINT_SUBDIR)).endswith("ckpt-3")
+    assert trainer.load_config(model_dir).sampler.sampler == "proximity"

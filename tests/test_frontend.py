@@ -1,4 +1,4 @@
-"""Tests of triplet_audio.frontend against the independent NumPy reference.
+"""Tests of triplet_audio.features.frontend against the independent NumPy reference.
 
 The reference (tests/numpy_frontend.py) computes in float64; TensorFlow works
 in float32. Where a band holds almost no energy, float32 FFT round-off from
@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import numpy_frontend
 from triplet_audio import constants as C
-from triplet_audio import frontend
+from triplet_audio.features import frontend
 
 TOLERANCE = 1e-3
 

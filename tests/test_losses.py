@@ -1,4 +1,4 @@
-"""Tests of triplet_audio.losses.
+"""Tests of triplet_audio.model.losses.
 
 The reference (`reference_loss` below) is independent of the implementation:
 it computes distances in float64 from explicit differences and enumerates
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from triplet_audio import losses
+from triplet_audio.model import losses
 
 TOLERANCE = 1e-5
 
@@ -434,7 +434,7 @@ def test_distribute_replica_context():
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from triplet_audio import losses
+        from triplet_audio.model import losses
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         rng = np.random.default_rng(0)
         x = rng.standard_normal((2, 12, 4)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Tests of triplet_audio.models: shapes, norms, dtypes, seeds, saving."""
+"""Tests of triplet_audio.model.models: shapes, norms, dtypes, seeds, saving."""
 
 import json
 
@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from triplet_audio import constants as C
-from triplet_audio import models
+from triplet_audio.model import models
 
 # ResNet-50 parameter count, derived rather than copied from a run:
 #   keras.applications.ResNet50(include_top=False, weights=None,

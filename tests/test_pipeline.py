@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from triplet_audio import config_io
+from triplet_audio.config import options
+from triplet_audio.config import jsonio
 from triplet_audio import constants as C
-from triplet_audio import flagdefs
-from triplet_audio import inspect_triplets
-from triplet_audio import pipeline
-from triplet_audio import records
-from triplet_audio import samplers
+from triplet_audio.cli import flagdefs
+from triplet_audio.sampling import inspect_triplets
+from triplet_audio.sampling import pipeline
+from triplet_audio.features import records
+from triplet_audio.sampling import samplers
 
 NUM_CLASSES = 4
 NUM_SHARDS = 4
@@ -293,7 +294,7 @@ def test_joint_mixes_samplers_by_weight(corpus):
     assert len(triplets) == n
     counts = {}
     for t in triplets:
-        name = flagdefs.SAMPLERS[t[samplers.SAMPLER]]
+        name = options.SAMPLERS[t[samplers.SAMPLER]]
         counts[name] = counts.get(name, 0) + 1
         assert t[samplers.LABELS].dtype == np.int64
     assert "mixing" not in counts
@@ -305,7 +306,7 @@ def test_joint_mixes_samplers_by_weight(corpus):
 
 
 # -------------------------------------------------------------- determinism
-@pytest.mark.parametrize("name", flagdefs.SAMPLERS)
+@pytest.mark.parametrize("name", options.SAMPLERS)
 def test_same_seed_same_batches_other_seed_differs(corpus, name):
     directory, _ = corpus
 
@@ -399,7 +400,7 @@ def test_config_round_trips_through_config_json():
                                     "proximity=1", proximity_dt=math.inf)
     assert config.joint_weights == {"noise": 2.0, "translation": 0.0,
                                     "mixing": 0.0, "proximity": 1.0}
-    as_json = json.loads(json.dumps(config_io.to_jsonable(config)))
+    as_json = json.loads(json.dumps(jsonio.to_jsonable(config)))
     assert pipeline.SamplerConfig.from_dict(as_json) == config
 
 
@@ -463,11 +464,11 @@ def test_joint_never_labels_a_negative_from_the_anchors_recording(tmp_path):
     write_corpus(str(tmp_path), specs, 3)
     config = _config("joint", shuffle_buffer=8)
     triplets = _triplets(str(tmp_path), config, count=300, seed=2)
-    names = {flagdefs.SAMPLERS[t[samplers.SAMPLER]] for t in triplets}
+    names = {options.SAMPLERS[t[samplers.SAMPLER]] for t in triplets}
     assert names == {"noise", "translation", "mixing", "proximity"}
     for t in triplets:
         rid = t[samplers.RECORDING_IDS]
-        assert rid[0] != rid[2], flagdefs.SAMPLERS[t[samplers.SAMPLER]]
+        assert rid[0] != rid[2], options.SAMPLERS[t[samplers.SAMPLER]]
     # And in the batches the loss sees: the negative never has the anchor's
     # label.
     ds = pipeline.make_triplet_dataset(str(tmp_path), config, 48, seed=3)

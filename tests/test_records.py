@@ -1,4 +1,4 @@
-"""Tests of triplet_audio.records: schema round trip, shard listing, reader."""
+"""Tests of triplet_audio.features.records: schema round trip, shard listing, reader."""
 
 import collections
 import json
@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from triplet_audio import constants as C
-from triplet_audio import records
+from triplet_audio.features import records
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -307,7 +307,7 @@ def test_data_loss_without_a_located_record_lists_the_shards(corpus):
 
 _READ_IDS_SCRIPT = textwrap.dedent("""
     import json, sys
-    from triplet_audio import records
+    from triplet_audio.features import records
     ds = records.read_records(sys.argv[1], skip_corrupt=True)
     print(json.dumps([r[records.RECORDING_ID].decode("utf-8")
                       for r in ds.as_numpy_iterator()]))

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from triplet_audio import embeddings_io as eio
-from triplet_audio import evaluation as ev
-from triplet_audio import report
+from triplet_audio.serving import embeddings_io as eio
+from triplet_audio.evaluation import metrics as ev
+from triplet_audio.evaluation import report
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from triplet_audio import constants as C
-from triplet_audio import samplers
+from triplet_audio.sampling import samplers
 
 T, F = C.WINDOW_SHAPE
 ZERO_LOGMEL = np.float32(np.log(C.LOG_OFFSET))

@@ -1,4 +1,4 @@
-"""Tests of triplet_audio.synthetic, the embedded labelled corpus."""
+"""Tests of triplet_audio.demo.runner.synthetic, the embedded labelled corpus."""
 
 import csv
 import hashlib
@@ -15,7 +15,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits  # A scikit-learn dependency.
 
 from triplet_audio import constants as C
-from triplet_audio import synthetic
+from triplet_audio.demo import synthetic
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = 3

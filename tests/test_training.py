@@ -7,7 +7,7 @@ of the small model. Runs use the "small" model and batches of 24 windows so
 the whole file stays within a couple of minutes on two CPU cores.
 
 The interruption tests run `bin/train` as a subprocess (signals, exit status
-and resume are properties of the binary); the rest call `training.train`.
+and resume are properties of the binary); the rest call `trainer.train`.
 """
 
 import dataclasses
@@ -25,13 +25,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from triplet_audio import config_io
+from triplet_audio.config import jsonio
 from triplet_audio import constants as C
-from triplet_audio import losses
-from triplet_audio import models
-from triplet_audio import pipeline
-from triplet_audio import records
-from triplet_audio import training
+from triplet_audio.model import losses
+from triplet_audio.model import models
+from triplet_audio.sampling import pipeline
+from triplet_audio.features import records
+from triplet_audio.training import trainer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN_TRAIN = os.path.join(REPO_ROOT, "bin", "train")
@@ -107,7 +107,7 @@ def make_config(corpus, model_dir, sampler="proximity", **kwargs):
                     checkpoint_every=1000, log_every=1000,
                     learning_rate=1e-3, lr_schedule="constant")
     defaults.update(kwargs)
-    return training.TrainConfig(
+    return trainer.TrainConfig(
         train_data=corpus, model_dir=str(model_dir),
         sampler=pipeline.SamplerConfig(sampler=sampler, shuffle_buffer=64),
         **defaults)
@@ -116,7 +116,7 @@ def make_config(corpus, model_dir, sampler="proximity", **kwargs):
 def summary_losses(model_dir):
     """Per-step training losses from the run's TensorBoard summaries."""
     by_step = {}
-    pattern = os.path.join(model_dir, training.SUMMARY_SUBDIR, "events.*")
+    pattern = os.path.join(model_dir, trainer.SUMMARY_SUBDIR, "events.*")
     for path in sorted(glob.glob(pattern)):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
@@ -129,7 +129,7 @@ def summary_losses(model_dir):
 def checkpoint_step(model_dir):
     """Step of the latest checkpoint in a run directory (None if none)."""
     latest = tf.train.latest_checkpoint(
-        os.path.join(model_dir, training.CHECKPOINT_SUBDIR))
+        os.path.join(model_dir, trainer.CHECKPOINT_SUBDIR))
     return None if latest is None else int(latest.rsplit("-", 1)[1])
 
 
@@ -143,13 +143,13 @@ def file_digests(directory):
 
 
 def read_summary(model_dir):
-    with open(os.path.join(model_dir, training.SUMMARY_NAME)) as f:
+    with open(os.path.join(model_dir, trainer.SUMMARY_NAME)) as f:
         return json.load(f)
 
 
 # ------------------------------------------------------------------ config
 def test_config_round_trips_through_config_json(tmp_path):
-    config = training.TrainConfig(
+    config = trainer.TrainConfig(
         train_data="/data/corpus", model_dir=str(tmp_path),
         sampler=pipeline.SamplerConfig(
             sampler="joint", proximity_dt=math.inf,
@@ -159,8 +159,8 @@ def test_config_round_trips_through_config_json(tmp_path):
         distance="euclidean", optimizer="adamw", weight_decay=1e-4,
         warmup_steps=10, steps=50, mixed_precision="bf16", jit_compile=True,
         seed=7, num_classes=5)
-    config_io.write_config(str(tmp_path), config)
-    loaded = training.load_config(str(tmp_path))
+    jsonio.write_config(str(tmp_path), config)
+    loaded = trainer.load_config(str(tmp_path))
     assert loaded == config
     assert loaded.sampler.proximity_dt == math.inf
     assert loaded.tpu is None
@@ -203,7 +203,7 @@ def test_each_sampler_lowers_the_loss(corpus, tmp_path, sampler):
     steps = 30
     config = make_config(corpus, tmp_path / "run", sampler, steps=steps,
                          log_every=1)
-    summary = training.train(config)
+    summary = trainer.train(config)
     assert summary["step"] == steps and not summary["interrupted"]
     assert checkpoint_step(config.model_dir) == steps
     per_step = summary_losses(config.model_dir)
@@ -233,15 +233,15 @@ def fixture_trained(corpus, tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("trained"))
     config = make_config(corpus, model_dir, "proximity", steps=4)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(training.models, "build_model", build_and_keep)
-        training.train(config)
+        patch.setattr(trainer.models, "build_model", build_and_keep)
+        trainer.train(config)
     assert len(built) == 1
     return config, built[0]
 
 
 def test_restore_model_returns_the_checkpoint_weights(trained):
     config, model = trained
-    restored, restored_config, step = training.restore_model(config.model_dir)
+    restored, restored_config, step = trainer.restore_model(config.model_dir)
     assert step == config.steps
     assert restored_config == config
     windows = tf.random.stateless_normal((6,) + C.WINDOW_SHAPE, seed=(1, 2),
@@ -258,11 +258,11 @@ def test_restore_model_returns_the_checkpoint_weights(trained):
 
 def test_rerun_of_a_finished_run_does_nothing(trained):
     config, _ = trained
-    ckpt_dir = os.path.join(config.model_dir, training.CHECKPOINT_SUBDIR)
+    ckpt_dir = os.path.join(config.model_dir, trainer.CHECKPOINT_SUBDIR)
     digests = file_digests(ckpt_dir)
     before = read_summary(config.model_dir)
     assert before["metrics"]["loss"] >= 0
-    summary = training.train(dataclasses.replace(config))
+    summary = trainer.train(dataclasses.replace(config))
     assert summary == before
     assert read_summary(config.model_dir) == before
     assert file_digests(ckpt_dir) == digests
@@ -274,12 +274,12 @@ def test_rerun_of_a_finished_run_does_nothing(trained):
 def test_resume_with_an_incompatible_config_names_the_flag(trained, field,
                                                            value):
     config, _ = trained
-    path = os.path.join(config.model_dir, config_io.CONFIG_NAME)
+    path = os.path.join(config.model_dir, jsonio.CONFIG_NAME)
     with open(path) as f:
         before = f.read()
     other = dataclasses.replace(config, **{field: value})
     with pytest.raises(ValueError, match="--%s=%s" % (field, value)):
-        training.train(other)
+        trainer.train(other)
     with open(path) as f:
         assert f.read() == before
 
@@ -292,7 +292,7 @@ def test_supervised_without_classes_is_a_clear_error(tmp_path, manifest):
         os.remove(os.path.join(corpus, records.MANIFEST_NAME))
     config = make_config(corpus, tmp_path / "run", "supervised")
     with pytest.raises(ValueError, match="supervised.*class"):
-        training.train(config)
+        trainer.train(config)
     assert not os.path.exists(config.model_dir)
 
 
@@ -309,7 +309,7 @@ def test_input_without_triplets_is_a_clear_error(tmp_path):
             writer.write(example.SerializeToString())
     config = make_config(corpus, tmp_path / "run", "proximity")
     with pytest.raises(ValueError, match="--train_data=.*proximity.*no batch"):
-        training.train(config)
+        trainer.train(config)
 
 
 # ------------------------------------------------- resume = uninterrupted
@@ -322,7 +322,7 @@ def test_stop_and_resume_continues_the_optimizer_exactly(corpus, tmp_path,
     iteration count, the step counter and so the learning rate the cosine
     schedule gives at each step. Every step trains on one fixed batch,
     because a resumed run draws a fresh data order by design (see
-    `training.train`); with the same input the two runs must agree.
+    `trainer.train`); with the same input the two runs must agree.
     """
     steps, stop_at, peak = 6, 3, 1e-3
     sampler = pipeline.SamplerConfig(sampler="proximity", shuffle_buffer=64)
@@ -330,12 +330,12 @@ def test_stop_and_resume_continues_the_optimizer_exactly(corpus, tmp_path,
                                                     seed=0)))
     fixed = tf.nest.map_structure(lambda t: t.numpy(), fixed)
     monkeypatch.setattr(
-        training.pipeline, "make_triplet_dataset",
+        trainer.pipeline, "make_triplet_dataset",
         lambda *args, **kwargs: tf.data.Dataset.from_tensors(fixed).repeat())
 
     runs = []  # One per train() call: its optimizer, model and trace.
     run_stop_at = [None]  # Step at which the next train() call is stopped.
-    real_make_train_step = training.make_train_step
+    real_make_train_step = trainer.make_train_step
 
     def recording_train_step(config, strategy, model, optimizer,
                              step_var=None, bad_step=None):
@@ -357,23 +357,23 @@ def test_stop_and_resume_continues_the_optimizer_exactly(corpus, tmp_path,
                 # `train` installed.
                 handler = signal.getsignal(signal.SIGTERM)
                 assert isinstance(getattr(handler, "__self__", None),
-                                  training._StopFlag), handler
+                                  trainer._StopFlag), handler
                 handler(signal.SIGTERM, None)
             return out
         return step
 
-    monkeypatch.setattr(training, "make_train_step", recording_train_step)
+    monkeypatch.setattr(trainer, "make_train_step", recording_train_step)
 
     def config(name):
         return make_config(corpus, tmp_path / name, steps=steps,
                            lr_schedule="cosine", learning_rate=peak,
                            checkpoint_every=1000)
 
-    full = training.train(config("full"))
+    full = trainer.train(config("full"))
     run_stop_at[0] = stop_at
-    stopped = training.train(config("resumed"))
+    stopped = trainer.train(config("resumed"))
     run_stop_at[0] = None
-    resumed = training.train(config("resumed"))
+    resumed = trainer.train(config("resumed"))
     assert len(runs) == 3
     full_run, stopped_run, resumed_run = runs
 
@@ -418,8 +418,8 @@ def test_stop_and_resume_continues_the_optimizer_exactly(corpus, tmp_path,
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(
         corpus, tmp_path, monkeypatch):
     model_dir = str(tmp_path / "run")
-    training.train(make_config(corpus, model_dir, steps=3, checkpoint_every=3))
-    ckpt_dir = os.path.join(model_dir, training.CHECKPOINT_SUBDIR)
+    trainer.train(make_config(corpus, model_dir, steps=3, checkpoint_every=3))
+    ckpt_dir = os.path.join(model_dir, trainer.CHECKPOINT_SUBDIR)
     good = file_digests(ckpt_dir)
     assert checkpoint_step(model_dir) == 3
 
@@ -436,12 +436,12 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(
         return loss * tf.where(n >= 2, math.nan, 1.0), stats
 
     monkeypatch.setattr(losses, "semi_hard_triplet_loss", diverging_loss)
-    with pytest.raises(training.NonFiniteLossError,
+    with pytest.raises(trainer.NonFiniteLossError,
                        match=r"non-finite at step 5\b.*ckpt-3"):
-        training.train(make_config(corpus, model_dir, steps=12,
+        trainer.train(make_config(corpus, model_dir, steps=12,
                                    checkpoint_every=3))
     assert file_digests(ckpt_dir) == good
-    model, _, step = training.restore_model(model_dir)
+    model, _, step = trainer.restore_model(model_dir)
     assert step == 3
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
 
@@ -463,14 +463,14 @@ def test_corrupt_record_names_the_shard_and_skip_corrupt_trains(tmp_path):
     config = make_config(bad_corpus, tmp_path / "run", sampler="noise",
                          steps=200)
     with pytest.raises(records.CorruptShardError) as raised:
-        training.train(config)
+        trainer.train(config)
     message = str(raised.value)
     assert "%s: corrupt record at byte %d" % (shard, offset) in message
     assert "--skip_corrupt" in message
     # A run that had taken steps keeps them in a checkpoint.
     step = checkpoint_step(str(tmp_path / "run"))
     assert step is None or 0 < step < 200
-    training.train(make_config(bad_corpus, tmp_path / "skipping",
+    trainer.train(make_config(bad_corpus, tmp_path / "skipping",
                                sampler="noise", steps=3, skip_corrupt=True))
     assert checkpoint_step(str(tmp_path / "skipping")) == 3
 
@@ -557,7 +557,7 @@ def test_sigkill_then_rerun_resumes_at_the_saved_step(corpus, tmp_path):
             process.kill()
     saved = checkpoint_step(model_dir)
     assert 5 <= saved < steps
-    assert not os.path.exists(os.path.join(model_dir, training.SUMMARY_NAME))
+    assert not os.path.exists(os.path.join(model_dir, trainer.SUMMARY_NAME))
 
     rerun = subprocess.run(command, cwd=REPO_ROOT, env=_env(),
                            capture_output=True, text=True,

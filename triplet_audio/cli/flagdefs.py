@@ -10,14 +10,14 @@ Flag names follow the command-line contract in ../shared/DESIGN.md.
 
 from absl import flags
 
-from triplet_audio import audio_io
+from triplet_audio.features import audio_io
 from triplet_audio import constants
+from triplet_audio.config import options
 
 FLAGS = flags.FLAGS
 
-SAMPLERS = ("noise", "translation", "mixing", "proximity", "supervised",
-            "joint")
-UNSUPERVISED_SAMPLERS = ("noise", "translation", "mixing", "proximity")
+SAMPLERS = options.SAMPLERS
+UNSUPERVISED_SAMPLERS = options.UNSUPERVISED_SAMPLERS
 
 
 def _once(fn):
@@ -338,7 +338,7 @@ def corpus_config_from_flags():
     # Imported here so that binaries which never build a corpus do not load
     # NumPy and soundfile just to define their flags.
     import dataclasses  # pylint: disable=g-import-not-at-top
-    from triplet_audio import synthetic  # pylint: disable=g-import-not-at-top
+    from triplet_audio.demo import synthetic  # pylint: disable=g-import-not-at-top
     if not FLAGS.output_dir:
         raise ValueError("--output_dir is required")
     config = synthetic.CorpusConfig(
@@ -355,7 +355,7 @@ def define_sampler_flags():
     # Defaults come from the config dataclass, their one home. Imported here:
     # pipeline imports this module for SAMPLERS.
     import dataclasses  # pylint: disable=g-import-not-at-top
-    from triplet_audio import pipeline  # pylint: disable=g-import-not-at-top
+    from triplet_audio.sampling import pipeline  # pylint: disable=g-import-not-at-top
     default = {f.name: f.default
                for f in dataclasses.fields(pipeline.SamplerConfig)}
     joint = ",".join("%s=%g" % kv
@@ -414,7 +414,7 @@ def sampler_config_from_flags():
       ValueError: naming the flag when a value is missing or invalid.
     """
     # Imported here: pipeline imports this module for SAMPLERS.
-    from triplet_audio import pipeline  # pylint: disable=g-import-not-at-top
+    from triplet_audio.sampling import pipeline  # pylint: disable=g-import-not-at-top
     if FLAGS.sampler is None:
         raise ValueError("--sampler: required (one of %s)" %
                          ", ".join(SAMPLERS))
@@ -441,7 +441,7 @@ def extract_config_from_flags():
     """
     # Imported here: every binary imports this module, and only extraction
     # should pay for TensorFlow and the audio libraries.
-    from triplet_audio import extract  # pylint: disable=g-import-not-at-top
+    from triplet_audio.features import extract  # pylint: disable=g-import-not-at-top
     return extract.ExtractConfig(
         input=FLAGS.input,
         output_dir=FLAGS.output_dir,
@@ -481,7 +481,7 @@ def evaluate_args_from_flags():
 
     Returns:
       dict with train_path, eval_path, output_dir, name and config (a
-      validated `evaluation.EvaluationConfig`).
+      validated `metrics.EvaluationConfig`).
 
     Raises:
       ValueError: naming the flag when a required one is missing or a value
@@ -492,8 +492,8 @@ def evaluate_args_from_flags():
             raise ValueError("--%s is required" % name)
     # Imported here: evaluation loads TensorFlow, Keras and scikit-learn,
     # which --help and flag errors should not wait for.
-    from triplet_audio import evaluation  # pylint: disable=g-import-not-at-top
-    config = evaluation.EvaluationConfig(
+    from triplet_audio.evaluation import metrics  # pylint: disable=g-import-not-at-top
+    config = metrics.EvaluationConfig(
         seed=FLAGS.eval_seed,
         qbe_num_pos=FLAGS.qbe_num_pos,
         qbe_num_neg=FLAGS.qbe_num_neg,
@@ -508,16 +508,16 @@ def evaluate_args_from_flags():
 
 
 def train_config_from_flags():
-    """Builds the validated `training.TrainConfig` from the parsed flags.
+    """Builds the validated `trainer.TrainConfig` from the parsed flags.
 
     Raises:
       ValueError: naming the flag when a value is missing or invalid.
     """
-    from triplet_audio import training  # pylint: disable=g-import-not-at-top
+    from triplet_audio.training import trainer  # pylint: disable=g-import-not-at-top
     for name in ("train_data", "model_dir"):
         if not getattr(FLAGS, name):
             raise ValueError("--%s: required" % name)
-    config = training.TrainConfig(
+    config = trainer.TrainConfig(
         train_data=FLAGS.train_data,
         model_dir=FLAGS.model_dir,
         sampler=sampler_config_from_flags(),
@@ -554,8 +554,8 @@ def define_demo_flags():
     # Defaults come from the config dataclass, their one home. demo is light
     # (no TensorFlow): it runs the other binaries as subprocesses.
     import dataclasses  # pylint: disable=g-import-not-at-top
-    from triplet_audio import demo  # pylint: disable=g-import-not-at-top
-    default = {f.name: f.default for f in dataclasses.fields(demo.DemoConfig)
+    from triplet_audio.demo import runner  # pylint: disable=g-import-not-at-top
+    default = {f.name: f.default for f in dataclasses.fields(runner.DemoConfig)
                if f.default is not dataclasses.MISSING}
     # Names shared with bin/make_corpus, bin/extract_features and
     # bin/evaluate mean the same there and are passed on unchanged; a process
@@ -568,7 +568,7 @@ def define_demo_flags():
         flags.DEFINE_list, "samplers", list(default["samplers"]),
         "Training runs, comma-separated, of: %s. 'supervised' is the "
         "topline of the recovery columns; the log-mel baseline is always "
-        "evaluated." % ", ".join(demo.ALL_RUNS))
+        "evaluated." % ", ".join(runner.ALL_RUNS))
     _define_if_missing(
         flags.DEFINE_string, "train_flagfile", default["train_flagfile"],
         "Flag file of every bin/train run (model, steps, batch, optimizer); "
@@ -662,15 +662,15 @@ def define_demo_flags():
 
 
 def demo_config_from_flags():
-    """Builds the validated `demo.DemoConfig` from the parsed flags.
+    """Builds the validated `runner.DemoConfig` from the parsed flags.
 
     Raises:
       ValueError: naming the flag when a value is missing or invalid.
     """
-    from triplet_audio import demo  # pylint: disable=g-import-not-at-top
+    from triplet_audio.demo import runner  # pylint: disable=g-import-not-at-top
     if not FLAGS.output_dir:
         raise ValueError("--output_dir is required")
-    config = demo.DemoConfig(
+    config = runner.DemoConfig(
         output_dir=FLAGS.output_dir,
         samplers=tuple(FLAGS.samplers),
         train_flagfile=FLAGS.train_flagfile,
@@ -768,7 +768,7 @@ def define_tf_data_service_flag():
     """Flags of a trainer reading its input from a tf.data service."""
     # The default's one home is the library; imported here so that binaries
     # without a trainer do not load TensorFlow to define their flags.
-    from triplet_audio import data_service  # pylint: disable=g-import-not-at-top
+    from triplet_audio.sampling import data_service  # pylint: disable=g-import-not-at-top
     _define_if_missing(
         flags.DEFINE_string, "tf_data_service", None,
         "grpc://host:port of a tf.data service dispatcher (bin/data_service) "
@@ -811,7 +811,7 @@ def data_service_args_from_flags():
 
 
 def tf_data_service_args_from_flags():
-    """The `training.TrainConfig` fields of the tf.data service flags.
+    """The `trainer.TrainConfig` fields of the tf.data service flags.
 
     Returns:
       dict with tf_data_service (a validated "grpc://host:port", or None) and
@@ -822,7 +822,7 @@ def tf_data_service_args_from_flags():
     """
     address = FLAGS.tf_data_service or None
     if address is not None:
-        from triplet_audio import data_service  # pylint: disable=g-import-not-at-top
+        from triplet_audio.sampling import data_service  # pylint: disable=g-import-not-at-top
         address = data_service.parse_service_address(address)
     return {"tf_data_service": address,
             "tf_data_service_streams": FLAGS.tf_data_service_streams}

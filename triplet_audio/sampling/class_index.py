@@ -46,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 from triplet_audio import constants as C
-from triplet_audio import records
+from triplet_audio.features import records
 
 CLASS_SAMPLING = ("uniform", "frequency")
 """How the supervised sampler chooses a triplet's class: uniform over classes

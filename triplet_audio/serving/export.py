@@ -28,10 +28,10 @@ import keras
 import tensorflow as tf
 
 import triplet_audio
-from triplet_audio import config_io
+from triplet_audio.config import jsonio
 from triplet_audio import constants as C
-from triplet_audio import frontend
-from triplet_audio import models
+from triplet_audio.features import frontend
+from triplet_audio.model import models
 
 METADATA_NAME = "metadata.json"
 KERAS_NAME = "model.keras"
@@ -200,7 +200,7 @@ def export_saved_model(model, export_dir, training_config=None,
         },
         "saved_model": SAVED_MODEL_SUBDIR,
         "keras_model": KERAS_NAME,
-        "training_config": config_io.to_jsonable(training_config or {}),
+        "training_config": jsonio.to_jsonable(training_config or {}),
     }
     with open(os.path.join(export_dir, METADATA_NAME), "w") as f:
         json.dump(metadata, f, indent=2, sort_keys=True)
@@ -215,15 +215,15 @@ def export_run(model_dir, export_dir, overwrite=False):
     Reads the run's config.json, so nothing needs repeating.
 
     Args:
-      model_dir: a directory written by `training.train`.
+      model_dir: a directory written by `trainer.train`.
       export_dir: output directory.
       overwrite: replace an existing export.
 
     Returns:
       path of the SavedModel directory.
     """
-    from triplet_audio import training  # Late: training pulls the pipeline.
-    model, config, step = training.restore_model(model_dir)
+    from triplet_audio.training import trainer  # Late: training pulls the pipeline.
+    model, config, step = trainer.restore_model(model_dir)
     return export_saved_model(model, export_dir, training_config=config,
                               overwrite=overwrite, step=step)
 

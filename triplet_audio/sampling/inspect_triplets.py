@@ -16,9 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from triplet_audio import constants as C
-from triplet_audio import flagdefs
-from triplet_audio import records
-from triplet_audio import samplers
+from triplet_audio.config import options
+from triplet_audio.features import records
+from triplet_audio.sampling import samplers
 
 COLUMNS = ("anchor", "positive", "negative")
 CELL_INCHES = (3.0, 2.0)
@@ -30,7 +30,7 @@ def _from_triplet_dicts(dicts):
         return np.zeros((0, 3) + C.WINDOW_SHAPE, np.float32), []
     windows = np.stack([np.stack([d[samplers.ANCHOR], d[samplers.POSITIVE],
                                   d[samplers.NEGATIVE]]) for d in dicts])
-    names = [flagdefs.SAMPLERS[int(d[samplers.SAMPLER])]
+    names = [options.SAMPLERS[int(d[samplers.SAMPLER])]
              if samplers.SAMPLER in d else None for d in dicts]
     return windows, names
 
@@ -137,7 +137,7 @@ def inspect(file_pattern, output, sampler_config, num_triplets=6, seed=0):
     Returns:
       the PNG path.
     """
-    from triplet_audio import pipeline  # pylint: disable=g-import-not-at-top
+    from triplet_audio.sampling import pipeline  # pylint: disable=g-import-not-at-top
     dataset = pipeline.make_triplet_dataset(
         file_pattern, sampler_config, 3 * num_triplets, seed=seed,
         repeat=False)

@@ -14,7 +14,7 @@ from absl import logging
 # lines (oneDNN, CUDA probing) unless the user asked for them.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from triplet_audio import flagdefs
+from triplet_audio.cli import flagdefs
 
 # Errors caused by the user's flags or input: reported in one line.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError,
@@ -47,7 +47,7 @@ def run(fn):
 
 def export_main():
     """bin/export."""
-    from triplet_audio import export
+    from triplet_audio.serving import export
     args = flagdefs.export_args_from_flags()
     path = export.export_run(**args)
     logging.info("SavedModel written to %s", path)
@@ -56,9 +56,9 @@ def export_main():
 
 def train_main():
     """bin/train."""
-    from triplet_audio import training
+    from triplet_audio.training import trainer
     config = flagdefs.train_config_from_flags()
-    summary = training.train(config)
+    summary = trainer.train(config)
     return 0 if not summary.get("interrupted") else 3
 
 
@@ -86,7 +86,7 @@ def embed_main():
     # Flags are checked before the import: a flag error need not wait for
     # TensorFlow.
     args = flagdefs.embed_args_from_flags()
-    from triplet_audio import embed
+    from triplet_audio.serving import embed
     summary = embed.embed_corpus(**args)
     if summary["failures"]:
         logging.warning("%d input file(s) could not be embedded; they are "
@@ -98,19 +98,19 @@ def embed_main():
 def evaluate_main():
     """bin/evaluate."""
     args = flagdefs.evaluate_args_from_flags()
-    from triplet_audio import evaluation
-    from triplet_audio import report
+    from triplet_audio.evaluation import metrics
+    from triplet_audio.evaluation import report
     results = report.evaluate_to_dir(**args)
     logging.info("%s -> %s: %s", results["name"], args["output_dir"], ", ".join(
         "%s mAP %.3f" % (part, results[part]["map"])
-        for part in evaluation.ALL_PARTS if part in results))
+        for part in metrics.ALL_PARTS if part in results))
     return 0
 
 
 def inspect_main():
     """bin/inspect_triplets."""
     args = flagdefs.inspect_args_from_flags()
-    from triplet_audio import inspect_triplets
+    from triplet_audio.sampling import inspect_triplets
     inspect_triplets.inspect(**args)
     return 0
 
@@ -120,6 +120,6 @@ def data_service_main():
     # Flags are checked before the import: a flag error need not wait for
     # TensorFlow.
     args = flagdefs.data_service_args_from_flags()
-    from triplet_audio import data_service
+    from triplet_audio.sampling import data_service
     data_service.serve(**args)
     return 0

@@ -71,12 +71,12 @@ import uuid
 
 from absl import logging
 
-from triplet_audio import flagdefs
+from triplet_audio.config import options
 
 BASELINE = "logmel"
 """Name of the log-mel baseline, as `bin/embed --representation` spells it."""
 TOPLINE = "supervised"
-ALL_RUNS = (TOPLINE,) + flagdefs.UNSUPERVISED_SAMPLERS + ("joint",)
+ALL_RUNS = (TOPLINE,) + options.UNSUPERVISED_SAMPLERS + ("joint",)
 """Training runs in report order: the topline, the paper's samplers, joint."""
 
 CONFIG_NAME = "demo_config.json"
@@ -781,7 +781,7 @@ def structure_checks(results_by_name, runs):
         value = ((results_by_name.get(name) or {}).get("qbe") or {}).get("map")
         return None if value is None else float(value)
 
-    unsupervised = [s for s in flagdefs.UNSUPERVISED_SAMPLERS if s in runs]
+    unsupervised = [s for s in options.UNSUPERVISED_SAMPLERS if s in runs]
     scores = {name: qbe(name) for name in (BASELINE,) + tuple(runs)}
     checks = []
 
@@ -836,7 +836,7 @@ def write_report(config):
     """
     # Imported here: report loads TensorFlow (through evaluation) and
     # matplotlib, which the stages before it do not need in this process.
-    from triplet_audio import report  # pylint: disable=g-import-not-at-top
+    from triplet_audio.evaluation import report  # pylint: disable=g-import-not-at-top
     lay = Layout(config.output_dir)
     names = (BASELINE,) + config.runs()
     results_by_name = {}

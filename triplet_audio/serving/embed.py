@@ -43,9 +43,9 @@ import numpy as np
 import tensorflow as tf
 
 from triplet_audio import constants as C
-from triplet_audio import embeddings_io
-from triplet_audio import frontend
-from triplet_audio import records
+from triplet_audio.serving import embeddings_io
+from triplet_audio.features import frontend
+from triplet_audio.features import records
 
 LOGMEL = "logmel"
 REPRESENTATIONS = (LOGMEL,)
@@ -83,7 +83,7 @@ class _SavedModelEmbedder:
     """The `embed_logmel` signature of an exported SavedModel."""
 
     def __init__(self, export_dir):
-        from triplet_audio import export  # pylint: disable=g-import-not-at-top
+        from triplet_audio.serving import export  # pylint: disable=g-import-not-at-top
         if not os.path.isdir(export_dir):
             raise FileNotFoundError("saved_model: %s is not a directory" %
                                     export_dir)
@@ -232,7 +232,7 @@ def input_kind(input_spec):
     Raises:
       FileNotFoundError: naming `input` when the path does not exist.
     """
-    from triplet_audio import audio_io  # pylint: disable=g-import-not-at-top
+    from triplet_audio.features import audio_io  # pylint: disable=g-import-not-at-top
     spec = str(input_spec)
     if os.path.isdir(spec):
         if os.path.exists(os.path.join(spec, records.MANIFEST_NAME)) or (
@@ -359,8 +359,8 @@ def _windows_fn(waveform):
 def _audio_segments(input_spec, batcher, progress):
     """Embeds audio files; unusable ones are listed, not fatal."""
     # pylint: disable=g-import-not-at-top
-    from triplet_audio import audio_io
-    from triplet_audio import extract
+    from triplet_audio.features import audio_io
+    from triplet_audio.features import extract
     # pylint: enable=g-import-not-at-top
     items, classes = extract.discover_inputs(input_spec)
     segments, failures = [], []

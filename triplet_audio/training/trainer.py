@@ -45,12 +45,12 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-from triplet_audio import config_io
-from triplet_audio import data_service
-from triplet_audio import losses
-from triplet_audio import models
-from triplet_audio import pipeline
-from triplet_audio import records
+from triplet_audio.config import jsonio
+from triplet_audio.sampling import data_service
+from triplet_audio.model import losses
+from triplet_audio.model import models
+from triplet_audio.sampling import pipeline
+from triplet_audio.features import records
 
 CHECKPOINT_SUBDIR = "checkpoints"
 SUMMARY_SUBDIR = "train"
@@ -197,7 +197,7 @@ class TrainConfig:
 
 
 def config_from_dict(d):
-    """Rebuilds a TrainConfig from the dict `config_io.read_config` returns."""
+    """Rebuilds a TrainConfig from the dict `jsonio.read_config` returns."""
     d = dict(d)
     d["sampler"] = pipeline.SamplerConfig.from_dict(d["sampler"])
     names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -206,7 +206,7 @@ def config_from_dict(d):
 
 def load_config(model_dir):
     """Reads the TrainConfig saved in a run directory."""
-    return config_from_dict(config_io.read_config(model_dir))
+    return config_from_dict(jsonio.read_config(model_dir))
 
 
 def make_strategy(config):
@@ -322,11 +322,11 @@ def _num_classes(train_data):
 
 
 def _check_resume_compatible(model_dir, config):
-    path = os.path.join(model_dir, config_io.CONFIG_NAME)
+    path = os.path.join(model_dir, jsonio.CONFIG_NAME)
     if not os.path.exists(path):
         return
-    old = config_io.read_config(model_dir)
-    new = config_io.to_jsonable(config)
+    old = jsonio.read_config(model_dir)
+    new = jsonio.to_jsonable(config)
     for key in _RESUME_LOCKED:
         if key in old and old[key] != new[key]:
             raise ValueError(
@@ -449,7 +449,7 @@ def train(config):
             (config.batch_size, replicas, config.batch_size // replicas))
     is_chief = _is_chief(strategy)
     if is_chief:
-        config_io.write_config(config.model_dir, config)
+        jsonio.write_config(config.model_dir, config)
     keras.utils.set_random_seed(config.seed)
     logging.info("strategy %s: %d replica(s), %d windows each, %s mining",
                  config.strategy, replicas, config.batch_size // replicas,

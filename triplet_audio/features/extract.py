@@ -45,10 +45,10 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from triplet_audio import audio_io
+from triplet_audio.features import audio_io
 from triplet_audio import constants as C
-from triplet_audio import frontend
-from triplet_audio import records
+from triplet_audio.features import frontend
+from triplet_audio.features import records
 
 PROGRESS_SECONDS = 5.0
 """How often the main process logs progress."""
@@ -898,7 +898,7 @@ def _beam_module():
     try:
         # Imported only for a Beam runner: apache-beam is an optional extra
         # and importing it costs seconds.
-        from triplet_audio import extract_beam  # pylint: disable=g-import-not-at-top
+        from triplet_audio.features import extract_beam  # pylint: disable=g-import-not-at-top
     except ModuleNotFoundError as e:
         if (e.name or "").split(".")[0] != "apache_beam":
             raise

@@ -57,11 +57,11 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from triplet_audio import class_index
+from triplet_audio.sampling import class_index
 from triplet_audio import constants as C
-from triplet_audio import flagdefs
-from triplet_audio import records
-from triplet_audio import samplers
+from triplet_audio.config import options
+from triplet_audio.features import records
+from triplet_audio.sampling import samplers
 
 DEFAULT_SHUFFLE_BUFFER = 1024
 """Windows in the shuffle buffer by default. Larger buffers cost CPU, not just
@@ -94,7 +94,7 @@ def parse_joint_weights(text):
 
     Args:
       text: comma-separated name=weight entries over
-        `flagdefs.UNSUPERVISED_SAMPLERS`.
+        `options.UNSUPERVISED_SAMPLERS`.
 
     Returns:
       dict over every unsupervised sampler name.
@@ -102,7 +102,7 @@ def parse_joint_weights(text):
     Raises:
       ValueError: naming `joint_weights` on a malformed entry or unknown name.
     """
-    weights = {name: 0.0 for name in flagdefs.UNSUPERVISED_SAMPLERS}
+    weights = {name: 0.0 for name in options.UNSUPERVISED_SAMPLERS}
     for entry in str(text).split(","):
         entry = entry.strip()
         if not entry:
@@ -115,7 +115,7 @@ def parse_joint_weights(text):
         if name not in weights:
             raise ValueError(
                 "--joint_weights: unknown sampler %r (choose from %s)" %
-                (name, ", ".join(flagdefs.UNSUPERVISED_SAMPLERS)))
+                (name, ", ".join(options.UNSUPERVISED_SAMPLERS)))
         try:
             weights[name] = float(value)
         except ValueError:
@@ -125,7 +125,7 @@ def parse_joint_weights(text):
 
 
 def _default_joint_weights():
-    return {name: 1.0 for name in flagdefs.UNSUPERVISED_SAMPLERS}
+    return {name: 1.0 for name in options.UNSUPERVISED_SAMPLERS}
 
 
 @dataclasses.dataclass
@@ -133,7 +133,7 @@ class SamplerConfig:
     """How triplets are sampled (section 3.2 of the paper).
 
     Attributes:
-      sampler: one of `flagdefs.SAMPLERS`.
+      sampler: one of `options.SAMPLERS`.
       noise_sigma: standard deviation of the Gaussian-noise sampler's eps.
       translation_max_shift: S, the largest frequency shift in mel bins
         (0 <= S < 64).
@@ -168,11 +168,11 @@ class SamplerConfig:
         if isinstance(self.joint_weights, str):
             self.joint_weights = parse_joint_weights(self.joint_weights)
         elif (isinstance(self.joint_weights, dict) and
-              set(self.joint_weights) <= set(flagdefs.UNSUPERVISED_SAMPLERS)):
+              set(self.joint_weights) <= set(options.UNSUPERVISED_SAMPLERS)):
             # One spelling per config: every sampler named, unnamed ones 0.
             self.joint_weights = {
                 name: self.joint_weights.get(name, 0.0)
-                for name in flagdefs.UNSUPERVISED_SAMPLERS}
+                for name in options.UNSUPERVISED_SAMPLERS}
         if isinstance(self.proximity_dt, str):
             # config.json writes inf as "inf".
             try:
@@ -200,9 +200,9 @@ class SamplerConfig:
                     not math.isfinite(value) or value < 0):
                 bad(field, "must be a finite number >= 0, got %r" % (value,))
 
-        if self.sampler not in flagdefs.SAMPLERS:
+        if self.sampler not in options.SAMPLERS:
             bad("sampler", "must be one of %s, got %r" %
-                (", ".join(flagdefs.SAMPLERS), self.sampler))
+                (", ".join(options.SAMPLERS), self.sampler))
         finite_at_least_zero("noise_sigma", self.noise_sigma)
         finite_at_least_zero("mixing_alpha", self.mixing_alpha)
         if (isinstance(self.translation_max_shift, bool) or
@@ -218,9 +218,9 @@ class SamplerConfig:
         if not isinstance(self.joint_weights, dict):
             bad("joint_weights", "must be a dict or 'name=weight,...' string")
         for name, weight in self.joint_weights.items():
-            if name not in flagdefs.UNSUPERVISED_SAMPLERS:
+            if name not in options.UNSUPERVISED_SAMPLERS:
                 bad("joint_weights", "unknown sampler %r (choose from %s)" %
-                    (name, ", ".join(flagdefs.UNSUPERVISED_SAMPLERS)))
+                    (name, ", ".join(options.UNSUPERVISED_SAMPLERS)))
             finite_at_least_zero("joint_weights", weight)
         if not sum(self.joint_weights.values()) > 0:
             bad("joint_weights", "at least one weight must be > 0")
@@ -247,7 +247,7 @@ class SamplerConfig:
         """The (name, normalised weight) pairs `joint` mixes, in fixed order."""
         total = float(sum(self.joint_weights.values()))
         return [(name, self.joint_weights[name] / total)
-                for name in flagdefs.UNSUPERVISED_SAMPLERS
+                for name in options.UNSUPERVISED_SAMPLERS
                 if self.joint_weights.get(name, 0) > 0]
 
 
@@ -797,7 +797,7 @@ def make_triplets(file_pattern, sampler_config, seed=0, input_context=None,
     Returns:
       tf.data.Dataset of dicts: `ANCHOR`, `POSITIVE`, `NEGATIVE` float32
       [96, 64]; `LABELS` int64 [3] (float32 [3, num_classes] for
-      supervised); `SAMPLER` int32 (index into `flagdefs.SAMPLERS`);
+      supervised); `SAMPLER` int32 (index into `options.SAMPLERS`);
       `RECORDING_IDS` string [3].
     """
     sampler_config.validate()

@@ -3,7 +3,7 @@
 One evaluation run (`write_run_report`, what `bin/evaluate` calls through
 `evaluate_to_dir`) writes into its output directory:
 
-  results.json           everything `evaluation.evaluate` returned, plus name
+  results.json           everything `metrics.evaluate` returned, plus name
   report.md              Table 1 / Table 2 rows of this representation
   per_class_ap.png       per-class AP bars of each part
   projection.png         2-D PCA of eval segment embeddings, coloured by
@@ -26,8 +26,8 @@ import matplotlib
 from matplotlib import figure
 import numpy as np
 
-from triplet_audio import embeddings_io
-from triplet_audio import evaluation
+from triplet_audio.serving import embeddings_io
+from triplet_audio.evaluation import metrics
 
 RESULTS_NAME = "results.json"
 REPORT_NAME = "report.md"
@@ -37,9 +37,9 @@ PROJECTOR_DIR = "projector"
 VECTORS_TSV = "vectors.tsv"
 METADATA_TSV = "metadata.tsv"
 
-TABLE1_PARTS = ((evaluation.QBE, "QbE retrieval"),
-                (evaluation.CLASSIFIER_1X512, "Classification 1x512"),
-                (evaluation.CLASSIFIER_2X512, "Classification 2x512"))
+TABLE1_PARTS = ((metrics.QBE, "QbE retrieval"),
+                (metrics.CLASSIFIER_1X512, "Classification 1x512"),
+                (metrics.CLASSIFIER_2X512, "Classification 2x512"))
 _MISSING = "n/a"
 
 
@@ -83,7 +83,7 @@ def write_results_json(results, path):
     """Writes `results` as strict JSON (NaN -> null), atomically.
 
     Args:
-      results: the dict `evaluation.evaluate` returned (plus "name").
+      results: the dict `metrics.evaluate` returned (plus "name").
       path: output file.
     """
     directory = os.path.dirname(path)
@@ -239,7 +239,7 @@ def build_table2(results_by_name):
     lines = ["| Representation | Model architecture | Draws | mAP |",
              "|---|---|---|---|"]
     for name, results in results_by_name.items():
-        few = results.get(evaluation.FEWSHOT)
+        few = results.get(metrics.FEWSHOT)
         if not few:
             continue
         mean, std = few.get("map"), few.get("std")
@@ -263,9 +263,9 @@ def build_markdown(results_by_name, baseline="logmel", topline=None):
     Returns:
       Markdown string.
     """
-    chances = sorted({round(r[evaluation.QBE]["chance"], 3)
+    chances = sorted({round(r[metrics.QBE]["chance"], 3)
                       for r in results_by_name.values()
-                      if (r.get(evaluation.QBE) or {}).get("chance")
+                      if (r.get(metrics.QBE) or {}).get("chance")
                       is not None})
     parts = ["# Evaluation", "",
              "## Table 1: retrieval and classification mAP", "",
@@ -279,9 +279,9 @@ def build_markdown(results_by_name, baseline="logmel", topline=None):
 
 
 def plot_per_class_ap(results_by_name, path,
-                      parts=(evaluation.QBE, evaluation.CLASSIFIER_1X512,
-                             evaluation.CLASSIFIER_2X512,
-                             evaluation.FEWSHOT)):
+                      parts=(metrics.QBE, metrics.CLASSIFIER_1X512,
+                             metrics.CLASSIFIER_2X512,
+                             metrics.FEWSHOT)):
     """Per-class AP bars, one colour per representation, one panel per part.
 
     Args:
@@ -462,7 +462,7 @@ def write_run_report(results, output_dir, eval_set=None):
     """Writes one run's results.json, report.md, plots and projector files.
 
     Args:
-      results: `evaluation.evaluate` output (with an optional "name").
+      results: `metrics.evaluate` output (with an optional "name").
       output_dir: the run's output directory.
       eval_set: optional eval `EmbeddingSet`, for the projection plot and
         projector files.
@@ -529,14 +529,14 @@ def evaluate_to_dir(train_path, eval_path, output_dir, name=None, config=None):
       output_dir: where results.json, report.md, plots and projector files
         go.
       name: row name in the tables; defaults to the representation.
-      config: an `evaluation.EvaluationConfig`; defaults to the paper's.
+      config: an `metrics.EvaluationConfig`; defaults to the paper's.
 
     Returns:
       The results dict (also written to output_dir/results.json).
     """
     train_set = embeddings_io.read_embeddings(train_path)
     eval_set = embeddings_io.read_embeddings(eval_path)
-    results = evaluation.evaluate(train_set, eval_set, config)
+    results = metrics.evaluate(train_set, eval_set, config)
     results["name"] = name or eval_set.representation
     write_run_report(results, output_dir, eval_set=eval_set)
     return results

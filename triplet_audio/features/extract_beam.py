@@ -53,10 +53,10 @@ import apache_beam as beam
 from apache_beam.options import pipeline_options as beam_options
 from apache_beam.runners import runner as beam_runner
 
-from triplet_audio import extract
-from triplet_audio import records
+from triplet_audio.features import extract
+from triplet_audio.features import records
 
-METRICS_NAMESPACE = "triplet_audio.extract"
+METRICS_NAMESPACE = "triplet_audio.features.extract"
 """Namespace of the Beam metrics (counters) the shard writers report."""
 
 _PLAN_PREFIX = ".beam-plan-"

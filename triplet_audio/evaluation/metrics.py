@@ -34,7 +34,7 @@ import numpy as np
 from sklearn import metrics
 import tensorflow as tf
 
-from triplet_audio import embeddings_io
+from triplet_audio.serving import embeddings_io
 
 QBE = "qbe"
 CLASSIFIER_1X512 = "classifier_1x512"

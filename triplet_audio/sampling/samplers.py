@@ -41,8 +41,8 @@ import math
 import tensorflow as tf
 
 from triplet_audio import constants as C
-from triplet_audio import flagdefs
-from triplet_audio import records
+from triplet_audio.config import options
+from triplet_audio.features import records
 
 # Keys of a window element of the flattened stream (see
 # pipeline.record_to_windows). Record-schema keys are reused where they mean
@@ -74,8 +74,8 @@ _HASH_BUCKETS = 2 ** 63 - 1
 
 
 def sampler_index(name):
-    """Index of a sampler name in `flagdefs.SAMPLERS` (the `SAMPLER` value)."""
-    return flagdefs.SAMPLERS.index(name)
+    """Index of a sampler name in `options.SAMPLERS` (the `SAMPLER` value)."""
+    return options.SAMPLERS.index(name)
 
 
 # ------------------------------------------------------------------ ids

@@ -1,0 +1,1 @@
+"""Stage 8: command-line flags and the binaries' entry points (the only code that reads flags)."""

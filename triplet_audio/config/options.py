@@ -1,0 +1,34 @@
+"""The option lists every stage and flag share (their one home, no TensorFlow).
+
+The sampler names here are the registry's keys: `sampling.registry` maps
+each to its stream kind and function, and a test checks the two agree.
+"""
+
+SAMPLERS = ("noise", "translation", "mixing", "proximity", "supervised",
+            "joint")
+"""Every `--sampler` value, in the order of the paper's Table 1."""
+
+UNSUPERVISED_SAMPLERS = ("noise", "translation", "mixing", "proximity")
+"""The samplers that need no labels (what `joint` mixes)."""
+
+SUPERVISED_SAMPLER = "supervised"
+"""The topline: triplets by class labels."""
+
+CLASS_SAMPLING = ("uniform", "frequency")
+"""How the supervised sampler chooses a triplet's class: uniform over classes
+(the paper) or in proportion to each class's windows."""
+
+MODELS = ("resnet50", "resnet18", "small")
+"""Embedding networks `model.models.build_model` knows ("resnet50" is the
+paper's)."""
+
+DISTANCES = ("squared", "euclidean")
+"""Distances of the triplet loss."""
+
+OPTIMIZERS = ("adam", "sgd", "adamw")
+LR_SCHEDULES = ("constant", "cosine")
+MIXED_PRECISION = ("none", "bf16", "fp16")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+MINING = ("local", "global")
+"""Where the semi-hard miner looks for negatives: each replica's share of the
+batch, or the whole global batch (all-gathered)."""

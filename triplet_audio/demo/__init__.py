@@ -1,0 +1,1 @@
+"""Stage 7: the synthetic corpus and the end-to-end demo runner."""

@@ -1,0 +1,1 @@
+"""Stage 4: the training loop, checkpoints and the run directory."""
