@@ -122,7 +122,8 @@ def test_the_loop_finder_finds_loops(graph, has_loop):
 
 def test_config_home_does_not_import_tensorflow():
     for module, path in MODULES.items():
-        if module.split(".")[1] in ("constants", "config"):
+        if module != "triplet_audio" and module.split(".")[1] in (
+                "constants", "config"):
             with open(path) as f:
                 tree = ast.parse(f.read(), path)
             for node in ast.walk(tree):

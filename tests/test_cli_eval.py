@@ -221,7 +221,7 @@ def test_help_documents_every_flag(binary, flags):
 def test_flag_groups_coexist_in_one_process():
     # --input and --output_dir are shared by several binaries' groups; a
     # process (e.g. a test) may define them all.
-    code = ("from triplet_audio import flagdefs as f; "
+    code = ("from triplet_audio.cli import flagdefs as f; "
             "f.define_embed_flags(); f.define_extract_flags(); "
             "f.define_evaluate_flags(); f.define_corpus_flags(); "
             "f.define_export_flags(); "

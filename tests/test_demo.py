@@ -405,7 +405,7 @@ def test_help_lists_every_flag():
 def test_demo_flags_coexist_with_the_other_groups():
     # The demo reuses the names of bin/make_corpus, bin/extract_features and
     # bin/evaluate flags; a process (e.g. a test) may define every group.
-    code = ("from triplet_audio import flagdefs as f; "
+    code = ("from triplet_audio.cli import flagdefs as f; "
             "f.define_extract_flags(); f.define_corpus_flags(); "
             "f.define_evaluate_flags(); f.define_train_flags(); "
             "f.define_demo_flags(); "

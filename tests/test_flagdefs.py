@@ -15,7 +15,7 @@ GROUPS = ("corpus", "extract", "embed", "evaluate", "sampler", "train",
                                    GROUPS[1::2] + GROUPS[::2]])
 def test_all_flag_groups_coexist(order):
     # A fresh interpreter per order: absl's FLAGS is process-global.
-    code = ("from triplet_audio import flagdefs as f\n" +
+    code = ("from triplet_audio.cli import flagdefs as f\n" +
             "".join("f.define_%s_flags()\n" % g for g in order) +
             "print(sorted(f.FLAGS)[:1])\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO,
@@ -25,7 +25,7 @@ def test_all_flag_groups_coexist(order):
 
 def test_shared_flags_are_defined_once_in_the_module():
     """A flag name shared by groups must go through _define_if_missing."""
-    with open(os.path.join(REPO, "triplet_audio", "flagdefs.py")) as f:
+    with open(os.path.join(REPO, "triplet_audio", "cli", "flagdefs.py")) as f:
         text = f.read()
     for name in ("output_dir", "workers", "seed", "input", "model_dir",
                  "train_data", "output"):
@@ -35,7 +35,7 @@ def test_shared_flags_are_defined_once_in_the_module():
 
 
 def test_groups_are_idempotent():
-    code = ("from triplet_audio import flagdefs as f\n"
+    code = ("from triplet_audio.cli import flagdefs as f\n"
             + "".join("f.define_%s_flags()\nf.define_%s_flags()\n" % (g, g)
                       for g in GROUPS))
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO,

@@ -356,7 +356,7 @@ def test_make_corpus_help_lists_every_flag():
 def test_corpus_flags_coexist_with_extract_flags():
     # A process may define several binaries' groups; shared names (such as
     # --output_dir and --workers) must be defined once, not fail.
-    code = ("from triplet_audio import flagdefs as f; "
+    code = ("from triplet_audio.cli import flagdefs as f; "
             "f.define_extract_flags(); f.define_corpus_flags(); "
             "f.FLAGS(['x', '--output_dir=d', '--num_train=3']); "
             "print(f.corpus_config_from_flags())")

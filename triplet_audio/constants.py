@@ -61,7 +61,3 @@ def frontend_params():
         "window_hop_frames": WINDOW_FRAMES,
         "max_windows_per_record": MAX_WINDOWS_PER_RECORD,
     }
-
-MODEL_NAMES = ("resnet50", "resnet18", "small")
-"""Embedding networks `models.build_model` knows ("resnet50" is the paper's).
-Here so the flag definitions can list them without importing Keras."""

@@ -11,8 +11,11 @@ Flag names follow the command-line contract in ../shared/DESIGN.md.
 from absl import flags
 
 from triplet_audio.features import audio_io
-from triplet_audio import constants
+from triplet_audio.config import fields
 from triplet_audio.config import options
+from triplet_audio.config import sampling as sampling_config
+from triplet_audio.config import service as service_config
+from triplet_audio.config import training as train_config
 
 FLAGS = flags.FLAGS
 
@@ -77,108 +80,15 @@ def define_extract_flags():
 
 
 # --------------------------------------------------------------- training
-MODELS = constants.MODEL_NAMES
-
-
 @_once
 def define_train_flags():
-    """Flags of bin/train (sampler flags: define_sampler_flags)."""
-    _define_if_missing(
-        flags.DEFINE_string, "train_data", None,
-        "Training corpus: a corpus directory, a shard glob or "
-        "comma-separated globs.")
-    _define_model_dir()
-    _define_if_missing(
-        flags.DEFINE_enum, "model", "resnet50", MODELS, "Embedding network.")
-    _define_if_missing(
-        flags.DEFINE_integer, "embedding_size", 128, "Embedding dimension.",
-        lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_integer, "batch_size", 192,
-        "Global batch size in windows (3 per triplet, so a multiple of 3, and "
-        "of 3 x the number of replicas).", lower_bound=3)
-    _define_if_missing(
-        flags.DEFINE_float, "margin", 0.2, "Triplet loss margin (delta).",
-        lower_bound=0.0)
-    _define_if_missing(
-        flags.DEFINE_enum, "distance", "squared", ["squared", "euclidean"],
-        "Distance of the triplet loss.")
-    _define_if_missing(
-        flags.DEFINE_enum, "optimizer", "adam", ["adam", "sgd", "adamw"],
-        "Optimizer.")
-    _define_if_missing(
-        flags.DEFINE_float, "learning_rate", 1e-3, "Peak learning rate.",
-        lower_bound=0.0)
-    _define_if_missing(
-        flags.DEFINE_enum, "lr_schedule", "cosine", ["constant", "cosine"],
-        "Learning-rate schedule after warm-up.")
-    _define_if_missing(
-        flags.DEFINE_integer, "warmup_steps", 0, "Linear warm-up steps.",
-        lower_bound=0)
-    _define_if_missing(
-        flags.DEFINE_float, "weight_decay", 0.0, "Weight decay (adamw only).",
-        lower_bound=0.0)
-    _define_if_missing(
-        flags.DEFINE_integer, "steps", 10000, "Total training steps.",
-        lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_integer, "checkpoint_every", 1000,
-        "Save a checkpoint every N steps (and at exit).",
-        lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_integer, "keep_checkpoints", 3, "Checkpoints kept.",
-        lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_integer, "log_every", 50,
-        "Console progress line / summaries every N steps.",
-        lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_enum, "mixed_precision", "none", ["none", "bf16", "fp16"],
-        "Mixed-precision policy; embeddings and loss stay "
-        "float32.")
-    _define_if_missing(
-        flags.DEFINE_boolean, "jit_compile", False,
-        "Compile the train step with XLA.")
-    _define_if_missing(
-        flags.DEFINE_enum, "strategy", "default",
-        ["default", "mirrored", "multi_worker", "tpu"],
-        "tf.distribute strategy: default (one device), mirrored (all local "
-        "GPUs, or --cpu_replicas CPU devices), multi_worker (every worker "
-        "runs the same command; the cluster comes from the TF_CONFIG "
-        "environment variable), tpu (needs --tpu). --batch_size is the "
-        "global batch, split evenly over the replicas. Under multi_worker "
-        "and tpu a SIGTERM to any worker checkpoints every worker at the "
-        "same step and stops them all (exit status 3).")
-    _define_if_missing(
-        flags.DEFINE_string, "tpu", None,
-        "TPU for --strategy=tpu: 'local' on a TPU VM, else "
-        "the TPU's name or grpc:// address.")
-    _define_if_missing(
-        flags.DEFINE_enum, "mining", "local", ["local", "global"],
-        "Where negatives are mined with several replicas: local (in each "
-        "replica's own share of the batch) or global (in the whole global "
-        "batch: embeddings and labels are all-gathered each step; loss and "
-        "gradients equal those of one device holding the global batch).")
-    _define_if_missing(
-        flags.DEFINE_integer, "cpu_replicas", 0,
-        "With --strategy=mirrored: split the CPU into N logical devices and "
-        "mirror over them (0: off), to try multi-replica training (e.g. "
-        "--mining=global) on a machine without accelerators. It shares the "
-        "same cores, so it is not faster.", lower_bound=0)
-    _define_if_missing(
-        flags.DEFINE_boolean, "skip_corrupt", False,
-        "Skip corrupt shards (truncated) and records (checksum mismatch), "
-        "each logged, instead of stopping with an error that names the "
-        "shard.")
-    define_tf_data_service_flag()
+    """Flags of bin/train: `TrainConfig`'s, its sampler part included."""
+    fields.define_flags(train_config.TrainConfig)
 
 
 def _define_model_dir():
     # Shared by train and export; a process (e.g. a test) may define both.
-    if "model_dir" not in FLAGS:
-        _define_if_missing(
-            flags.DEFINE_string, "model_dir", None,
-            "Run directory: checkpoints, config.json, TensorBoard summaries.")
+    fields.define_flags(train_config.TrainConfig, only=("model_dir",))
 
 
 # --------------------------------------------------------- export / embed
@@ -352,53 +262,7 @@ def corpus_config_from_flags():
 @_once
 def define_sampler_flags():
     """Flags of the triplet samplers and the input pipeline (bin/train)."""
-    # Defaults come from the config dataclass, their one home. Imported here:
-    # pipeline imports this module for SAMPLERS.
-    import dataclasses  # pylint: disable=g-import-not-at-top
-    from triplet_audio.sampling import pipeline  # pylint: disable=g-import-not-at-top
-    default = {f.name: f.default
-               for f in dataclasses.fields(pipeline.SamplerConfig)}
-    joint = ",".join("%s=%g" % kv
-                     for kv in pipeline.SamplerConfig(
-                         sampler="joint").joint_weights.items())
-    _define_if_missing(
-        flags.DEFINE_enum, "sampler", None, SAMPLERS,
-        "Triplet sampler (paper section 3.2): noise, "
-        "translation, mixing, proximity, supervised (topline) or "
-        "joint (mixture of the unsupervised ones).")
-    _define_if_missing(
-        flags.DEFINE_float, "noise_sigma", default["noise_sigma"],
-        "Gaussian-noise sampler: std of eps in "
-        "x * (1 + |eps|).", lower_bound=0.0)
-    _define_if_missing(
-        flags.DEFINE_integer, "translation_max_shift",
-        default["translation_max_shift"],
-        "Translation sampler: largest frequency shift S in "
-        "mel bins.", lower_bound=0)
-    _define_if_missing(
-        flags.DEFINE_float, "mixing_alpha", default["mixing_alpha"],
-        "Mixing sampler: alpha in x_a + alpha * E(x_a) / E(x_n) "
-        "* x_n.", lower_bound=0.0)
-    _define_if_missing(
-        flags.DEFINE_float, "proximity_dt", default["proximity_dt"],
-        "Proximity sampler: anchor and positive start less than "
-        "this many seconds apart ('inf': anywhere in the "
-        "recording).")
-    _define_if_missing(
-        flags.DEFINE_string, "joint_weights", joint,
-        "Joint sampler: comma-separated sampler=weight; "
-        "unnamed samplers get 0.")
-    _define_if_missing(
-        flags.DEFINE_integer, "shuffle_buffer", default["shuffle_buffer"],
-        "Windows held by the shuffle buffer of each input "
-        "pipeline (~25 KB each; joint splits them among its "
-        "samplers); records are shuffled in a buffer of "
-        "shuffle_buffer / 32 (at most 256).", lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_enum, "class_sampling", default["class_sampling"],
-        pipeline.class_index.CLASS_SAMPLING,
-        "Supervised sampler: choose each triplet's class uniformly over "
-        "classes (the paper) or in proportion to its windows.")
+    fields.define_flags(sampling_config.SamplerConfig)
     # --seed is shared with bin/make_corpus's group; a process (e.g. a test)
     # may define both.
     _define_if_missing(
@@ -408,25 +272,12 @@ def define_sampler_flags():
 
 
 def sampler_config_from_flags():
-    """Builds the validated `pipeline.SamplerConfig` from the sampler flags.
+    """Builds the validated `SamplerConfig` from the sampler flags.
 
     Raises:
       ValueError: naming the flag when a value is missing or invalid.
     """
-    # Imported here: pipeline imports this module for SAMPLERS.
-    from triplet_audio.sampling import pipeline  # pylint: disable=g-import-not-at-top
-    if FLAGS.sampler is None:
-        raise ValueError("--sampler: required (one of %s)" %
-                         ", ".join(SAMPLERS))
-    return pipeline.SamplerConfig(
-        sampler=FLAGS.sampler,
-        noise_sigma=FLAGS.noise_sigma,
-        translation_max_shift=FLAGS.translation_max_shift,
-        mixing_alpha=FLAGS.mixing_alpha,
-        proximity_dt=FLAGS.proximity_dt,
-        joint_weights=pipeline.parse_joint_weights(FLAGS.joint_weights),
-        shuffle_buffer=FLAGS.shuffle_buffer,
-        class_sampling=FLAGS.class_sampling)
+    return fields.config_from_flags(sampling_config.SamplerConfig)
 
 
 def extract_config_from_flags():
@@ -508,43 +359,12 @@ def evaluate_args_from_flags():
 
 
 def train_config_from_flags():
-    """Builds the validated `trainer.TrainConfig` from the parsed flags.
+    """Builds the validated `TrainConfig` from the parsed flags.
 
     Raises:
       ValueError: naming the flag when a value is missing or invalid.
     """
-    from triplet_audio.training import trainer  # pylint: disable=g-import-not-at-top
-    for name in ("train_data", "model_dir"):
-        if not getattr(FLAGS, name):
-            raise ValueError("--%s: required" % name)
-    config = trainer.TrainConfig(
-        train_data=FLAGS.train_data,
-        model_dir=FLAGS.model_dir,
-        sampler=sampler_config_from_flags(),
-        model=FLAGS.model,
-        embedding_size=FLAGS.embedding_size,
-        batch_size=FLAGS.batch_size,
-        margin=FLAGS.margin,
-        distance=FLAGS.distance,
-        optimizer=FLAGS.optimizer,
-        learning_rate=FLAGS.learning_rate,
-        lr_schedule=FLAGS.lr_schedule,
-        warmup_steps=FLAGS.warmup_steps,
-        weight_decay=FLAGS.weight_decay,
-        steps=FLAGS.steps,
-        checkpoint_every=FLAGS.checkpoint_every,
-        keep_checkpoints=FLAGS.keep_checkpoints,
-        log_every=FLAGS.log_every,
-        mixed_precision=FLAGS.mixed_precision,
-        jit_compile=FLAGS.jit_compile,
-        strategy=FLAGS.strategy,
-        tpu=FLAGS.tpu,
-        mining=FLAGS.mining,
-        cpu_replicas=FLAGS.cpu_replicas,
-        seed=FLAGS.seed,
-        skip_corrupt=FLAGS.skip_corrupt,
-        **tf_data_service_args_from_flags())
-    return config.validate()
+    return fields.config_from_flags(train_config.TrainConfig).validate()
 
 
 # ------------------------------------------------------------------- demo
@@ -763,24 +583,13 @@ def define_data_service_flags():
         "dispatcher resumes its jobs.")
 
 
+_SERVICE_FIELDS = ("tf_data_service", "tf_data_service_streams")
+
+
 @_once
 def define_tf_data_service_flag():
     """Flags of a trainer reading its input from a tf.data service."""
-    # The default's one home is the library; imported here so that binaries
-    # without a trainer do not load TensorFlow to define their flags.
-    from triplet_audio.sampling import data_service  # pylint: disable=g-import-not-at-top
-    _define_if_missing(
-        flags.DEFINE_string, "tf_data_service", None,
-        "grpc://host:port of a tf.data service dispatcher (bin/data_service) "
-        "whose workers run the input pipeline; default: run it in this "
-        "process. The workers must read --train_data at the same path.")
-    _define_if_missing(
-        flags.DEFINE_integer, "tf_data_service_streams",
-        data_service.DEFAULT_NUM_STREAMS,
-        "With --tf_data_service: independent pipeline streams (one seed "
-        "each) offered to the workers, so the most workers that contribute, "
-        "restarted ones included. The pipeline is built this many times at "
-        "start-up.", lower_bound=1)
+    fields.define_flags(train_config.TrainConfig, only=_SERVICE_FIELDS)
 
 
 def data_service_args_from_flags():
@@ -811,7 +620,7 @@ def data_service_args_from_flags():
 
 
 def tf_data_service_args_from_flags():
-    """The `trainer.TrainConfig` fields of the tf.data service flags.
+    """The `TrainConfig` fields of the tf.data service flags.
 
     Returns:
       dict with tf_data_service (a validated "grpc://host:port", or None) and
@@ -822,7 +631,6 @@ def tf_data_service_args_from_flags():
     """
     address = FLAGS.tf_data_service or None
     if address is not None:
-        from triplet_audio.sampling import data_service  # pylint: disable=g-import-not-at-top
-        address = data_service.parse_service_address(address)
+        address = service_config.parse_service_address(address)
     return {"tf_data_service": address,
             "tf_data_service_streams": FLAGS.tf_data_service_streams}

@@ -80,6 +80,7 @@ def _setting(field):
 
 
 def _is_part(field):
+    # A field typed by a config dataclass: its flags are its parent's.
     return isinstance(field.type, type) and dataclasses.is_dataclass(
         field.type)
 
@@ -113,19 +114,22 @@ def _kind(field, default):
                                                                "str")
 
 
-def define_flags(config_class, flag_values=FLAGS, exclude=()):
+def define_flags(config_class, flag_values=FLAGS, exclude=(), only=None):
     """Defines a flag for every setting of `config_class` and its parts.
 
     Args:
       config_class: a config dataclass.
       flag_values: the `FlagValues` to define into.
       exclude: field names (of any level) left without a flag.
+      only: if given, define the flags of these field names alone.
     """
     for field in dataclasses.fields(config_class):
-        if field.name in exclude:
+        if field.name in exclude or (
+                only is not None and field.name not in only and
+                not _is_part(field)):
             continue
         if _is_part(field):
-            define_flags(field.type, flag_values, exclude)
+            define_flags(field.type, flag_values, exclude, only)
             continue
         meta = _setting(field)
         if meta is None:

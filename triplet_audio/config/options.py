@@ -6,10 +6,28 @@ each to its stream kind and function, and a test checks the two agree.
 
 SAMPLERS = ("noise", "translation", "mixing", "proximity", "supervised",
             "joint")
-"""Every `--sampler` value, in the order of the paper's Table 1."""
+"""Every `--sampler` value, in the order of the paper's Table 1, then any
+added by `sampling.registry.register`."""
 
 UNSUPERVISED_SAMPLERS = ("noise", "translation", "mixing", "proximity")
 """The samplers that need no labels (what `joint` mixes)."""
+
+
+def add_sampler(name, unsupervised):
+    """Adds a sampler name (called by `sampling.registry.register`)."""
+    global SAMPLERS, UNSUPERVISED_SAMPLERS
+    if name not in SAMPLERS:
+        SAMPLERS = SAMPLERS + (name,)
+    if unsupervised and name not in UNSUPERVISED_SAMPLERS:
+        UNSUPERVISED_SAMPLERS = UNSUPERVISED_SAMPLERS + (name,)
+
+
+def remove_sampler(name):
+    """Removes a sampler name added by `add_sampler`."""
+    global SAMPLERS, UNSUPERVISED_SAMPLERS
+    SAMPLERS = tuple(s for s in SAMPLERS if s != name)
+    UNSUPERVISED_SAMPLERS = tuple(s for s in UNSUPERVISED_SAMPLERS
+                                  if s != name)
 
 SUPERVISED_SAMPLER = "supervised"
 """The topline: triplets by class labels."""

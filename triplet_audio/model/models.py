@@ -32,9 +32,10 @@ import numbers
 import keras
 from absl import logging
 
+from triplet_audio.config import options
 from triplet_audio import constants as C
 
-MODEL_NAMES = C.MODEL_NAMES
+MODEL_NAMES = options.MODELS
 """Valid `name`s of `build_model`, the paper's network first."""
 
 INPUT_NAME = "logmel"

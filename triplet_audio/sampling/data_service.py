@@ -59,63 +59,15 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-DEFAULT_NUM_STREAMS = 8
-"""Independent pipeline streams a job offers: the most workers that
-contribute to it, restarts included."""
+from triplet_audio.config import service as service_config
 
-PROCESSING_MODES = ("distributed_epoch", "parallel_epochs")
-ROLES = ("dispatcher", "worker", "both")
-
-# A host name, an IPv4 address or a bracketed IPv6 address.
-_HOST = r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+"
-# [scheme://]host[:port]; the scheme is parsed so that a wrong one (the
-# tf.data service speaks gRPC only) gets its own message.
-_ADDRESS = re.compile(
-    r"^(?:(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://)?"
-    r"(?P<host>%s)(?::(?P<port>[0-9]+))?$" % _HOST)
-
-
-def _parse_address(address, flag, require_scheme):
-    """Returns (host, port) of "[grpc://]host:port" or raises naming `flag`."""
-    example = "grpc://dispatcher-host:5050"
-    if not require_scheme:
-        example = "dispatcher-host:5050"
-    if not isinstance(address, str) or not address.strip():
-        raise ValueError("--%s: expected %s, got %r" %
-                         (flag, example, address))
-    match = _ADDRESS.match(address.strip())
-    if not match:
-        raise ValueError("--%s: %r is not an address like %s" %
-                         (flag, address, example))
-    scheme = match.group("scheme")
-    if scheme is None and require_scheme:
-        raise ValueError("--%s: %r has no scheme; expected %s" %
-                         (flag, address, example))
-    if scheme is not None and scheme != "grpc":
-        raise ValueError("--%s: %r: the tf.data service speaks grpc://, not "
-                         "%s://" % (flag, address, scheme))
-    port = match.group("port")
-    if port is None or not 0 < int(port) < 65536:
-        raise ValueError("--%s: %r needs a port in 1..65535, e.g. %s" %
-                         (flag, address, example))
-    return match.group("host"), int(port)
-
-
-def parse_service_address(address):
-    """Validates a dispatcher address given to the trainer.
-
-    Args:
-      address: "grpc://host:port" (host a name, IPv4 or [IPv6] address).
-
-    Returns:
-      The address, stripped of surrounding spaces.
-
-    Raises:
-      ValueError: naming --tf_data_service when the address is malformed.
-    """
-    host, port = _parse_address(address, "tf_data_service",
-                                require_scheme=True)
-    return "grpc://%s:%d" % (host, port)
+# Addresses and defaults live in the config home (no TensorFlow), where the
+# trainer's config validates them too.
+DEFAULT_NUM_STREAMS = service_config.DEFAULT_NUM_STREAMS
+PROCESSING_MODES = service_config.PROCESSING_MODES
+ROLES = service_config.ROLES
+parse_service_address = service_config.parse_service_address
+_parse_address = service_config.parse_address
 
 
 def stream_seed(seed, index):
@@ -302,7 +254,7 @@ def start_worker(dispatcher_address, port=0, worker_host=None):
                                            require_scheme=False)
     _check_port(port, "port")
     worker_host = worker_host or "localhost"
-    if not re.match(r"^(?:%s)$" % _HOST, worker_host):
+    if not re.match(r"^(?:%s)$" % service_config.HOST_PATTERN, worker_host):
         raise ValueError("--worker_host: %r is not a host name or address" %
                          worker_host)
     config = tf.data.experimental.service.WorkerConfig(

@@ -51,7 +51,6 @@ still used as a negative, so short clips keep contributing contrast.
 
 import dataclasses
 import functools
-import math
 
 from absl import logging
 import numpy as np
@@ -59,15 +58,16 @@ import tensorflow as tf
 
 from triplet_audio.sampling import class_index
 from triplet_audio import constants as C
-from triplet_audio.config import options
+from triplet_audio.config import sampling as sampling_config
 from triplet_audio.features import records
+from triplet_audio.sampling import registry
 from triplet_audio.sampling import samplers
 
-DEFAULT_SHUFFLE_BUFFER = 1024
-"""Windows in the shuffle buffer by default. Larger buffers cost CPU, not just
-memory: on a 2-core test machine one pass with 4096 windows (100 MB) took
-+17 us per window over parse-only, with 1024 +8 us (cache-cold copies), while
-file shuffling and the 8-record interleave already mix recordings."""
+# The sampler configuration's home is config/sampling.py (no TensorFlow);
+# named here too because every caller of the pipeline builds one.
+SamplerConfig = sampling_config.SamplerConfig
+parse_joint_weights = sampling_config.parse_joint_weights
+DEFAULT_SHUFFLE_BUFFER = sampling_config.DEFAULT_SHUFFLE_BUFFER
 
 # The record-level shuffle holds shuffle_buffer / 32 records, at most 256:
 # ~10-window clips add a third of the window buffer, and the cap bounds
@@ -85,170 +85,6 @@ _SAMPLE_CHUNK = 32
 
 # Tags for deriving independent seeds of each stage from the one seed.
 _FILES, _RECORDS, _WINDOWS, _ELEMENTS, _JOINT = range(5)
-
-
-def parse_joint_weights(text):
-    """Parses "noise=1,translation=2" into {sampler: weight}.
-
-    Samplers not named get weight 0.
-
-    Args:
-      text: comma-separated name=weight entries over
-        `options.UNSUPERVISED_SAMPLERS`.
-
-    Returns:
-      dict over every unsupervised sampler name.
-
-    Raises:
-      ValueError: naming `joint_weights` on a malformed entry or unknown name.
-    """
-    weights = {name: 0.0 for name in options.UNSUPERVISED_SAMPLERS}
-    for entry in str(text).split(","):
-        entry = entry.strip()
-        if not entry:
-            continue
-        name, sep, value = entry.partition("=")
-        name = name.strip()
-        if not sep:
-            raise ValueError("--joint_weights: entry %r is not name=weight" %
-                             entry)
-        if name not in weights:
-            raise ValueError(
-                "--joint_weights: unknown sampler %r (choose from %s)" %
-                (name, ", ".join(options.UNSUPERVISED_SAMPLERS)))
-        try:
-            weights[name] = float(value)
-        except ValueError:
-            raise ValueError("--joint_weights: weight %r of %s is not a number"
-                             % (value, name)) from None
-    return weights
-
-
-def _default_joint_weights():
-    return {name: 1.0 for name in options.UNSUPERVISED_SAMPLERS}
-
-
-@dataclasses.dataclass
-class SamplerConfig:
-    """How triplets are sampled (section 3.2 of the paper).
-
-    Attributes:
-      sampler: one of `options.SAMPLERS`.
-      noise_sigma: standard deviation of the Gaussian-noise sampler's eps.
-      translation_max_shift: S, the largest frequency shift in mel bins
-        (0 <= S < 64).
-      mixing_alpha: alpha of the example-mixing sampler.
-      proximity_dt: seconds; anchor and positive start less than this apart
-        (inf: anywhere in the record). Pairs never span two records, so a long
-        recording split into chunks of `MAX_WINDOWS_PER_RECORD` windows pairs
-        within a chunk.
-      joint_weights: {unsupervised sampler: weight >= 0} for `joint`; the
-        weights are normalised, and a sampler with weight 0 is left out. A
-        string "noise=1,proximity=2" is parsed.
-      shuffle_buffer: windows held by the shuffle buffer of an input
-        pipeline (~25 KB each; proximity elements are two windows, so its
-        buffer holds half as many; joint splits it among its samplers). The
-        record shuffle before flattening holds `shuffle_buffer // 32` records
-        (1 to 256). supervised does not stream (see `class_index`) and
-        ignores it.
-      class_sampling: how supervised chooses a triplet's class: "uniform"
-        over classes (the paper) or "frequency" (in proportion to windows).
-    """
-    sampler: str
-    noise_sigma: float = 0.5
-    translation_max_shift: int = 10
-    mixing_alpha: float = 0.25
-    proximity_dt: float = math.inf
-    joint_weights: dict = dataclasses.field(
-        default_factory=_default_joint_weights)
-    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
-    class_sampling: str = "uniform"
-
-    def __post_init__(self):
-        if isinstance(self.joint_weights, str):
-            self.joint_weights = parse_joint_weights(self.joint_weights)
-        elif (isinstance(self.joint_weights, dict) and
-              set(self.joint_weights) <= set(options.UNSUPERVISED_SAMPLERS)):
-            # One spelling per config: every sampler named, unnamed ones 0.
-            self.joint_weights = {
-                name: self.joint_weights.get(name, 0.0)
-                for name in options.UNSUPERVISED_SAMPLERS}
-        if isinstance(self.proximity_dt, str):
-            # config.json writes inf as "inf".
-            try:
-                self.proximity_dt = float(self.proximity_dt)
-            except ValueError:
-                raise ValueError("--proximity_dt: %r is not a number" %
-                                 self.proximity_dt) from None
-        self.validate()
-
-    def validate(self):
-        """Checks every field.
-
-        Returns:
-          self.
-
-        Raises:
-          ValueError: naming the first invalid field.
-        """
-        def bad(field, why):
-            raise ValueError("--%s: %s" % (field, why))
-
-        def finite_at_least_zero(field, value):
-            if (isinstance(value, bool) or
-                    not isinstance(value, (int, float, np.number)) or
-                    not math.isfinite(value) or value < 0):
-                bad(field, "must be a finite number >= 0, got %r" % (value,))
-
-        if self.sampler not in options.SAMPLERS:
-            bad("sampler", "must be one of %s, got %r" %
-                (", ".join(options.SAMPLERS), self.sampler))
-        finite_at_least_zero("noise_sigma", self.noise_sigma)
-        finite_at_least_zero("mixing_alpha", self.mixing_alpha)
-        if (isinstance(self.translation_max_shift, bool) or
-                not isinstance(self.translation_max_shift, (int, np.integer))
-                or not 0 <= self.translation_max_shift < C.NUM_MEL_BANDS):
-            bad("translation_max_shift", "must be an integer in [0, %d), got %r"
-                % (C.NUM_MEL_BANDS, self.translation_max_shift))
-        if (isinstance(self.proximity_dt, bool) or
-                not isinstance(self.proximity_dt, (int, float, np.number)) or
-                math.isnan(self.proximity_dt) or not self.proximity_dt > 0):
-            bad("proximity_dt", "must be > 0 seconds (inf allowed), got %r" %
-                (self.proximity_dt,))
-        if not isinstance(self.joint_weights, dict):
-            bad("joint_weights", "must be a dict or 'name=weight,...' string")
-        for name, weight in self.joint_weights.items():
-            if name not in options.UNSUPERVISED_SAMPLERS:
-                bad("joint_weights", "unknown sampler %r (choose from %s)" %
-                    (name, ", ".join(options.UNSUPERVISED_SAMPLERS)))
-            finite_at_least_zero("joint_weights", weight)
-        if not sum(self.joint_weights.values()) > 0:
-            bad("joint_weights", "at least one weight must be > 0")
-        if self.class_sampling not in class_index.CLASS_SAMPLING:
-            bad("class_sampling", "must be one of %s, got %r" % (
-                ", ".join(class_index.CLASS_SAMPLING), self.class_sampling))
-        if (isinstance(self.shuffle_buffer, bool) or
-                not isinstance(self.shuffle_buffer, (int, np.integer)) or
-                self.shuffle_buffer < 1):
-            bad("shuffle_buffer", "must be an integer >= 1, got %r" %
-                (self.shuffle_buffer,))
-        return self
-
-    @classmethod
-    def from_dict(cls, d):
-        """Rebuilds a config from `dataclasses.asdict` / config.json output.
-
-        Unknown keys are ignored (a newer config read by older code).
-        """
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in dict(d).items() if k in names})
-
-    def active_joint_samplers(self):
-        """The (name, normalised weight) pairs `joint` mixes, in fixed order."""
-        total = float(sum(self.joint_weights.values()))
-        return [(name, self.joint_weights[name] / total)
-                for name in options.UNSUPERVISED_SAMPLERS
-                if self.joint_weights.get(name, 0) > 0]
 
 
 # ------------------------------------------------------------ batching
@@ -324,9 +160,10 @@ def label_by_recording(triplet):
 
 
 def joint_labels_by_recording(config):
-    """Whether `joint` labels its triplets by recording (proximity is a part)."""
-    return config.sampler == "joint" and config.joint_weights.get(
-        "proximity", 0) > 0
+    """Whether `joint` labels its triplets by recording (a part does)."""
+    return registry.get(config.sampler).stream == "mixture" and any(
+        registry.get(name).labels == "recording"
+        for name, _ in config.active_joint_samplers())
 
 
 def _without_own_recording_negatives(triplets):
@@ -613,17 +450,11 @@ def _split_pairs(tensor, k):
     return tf.reshape(tensor, [k, 2] + tensor.shape[1:].as_list())
 
 
-def _augmentation_batches(name, config, windows, base_seed, k,
-                          drop_remainder, as_windows):
-    if name == "noise":
-        fn = functools.partial(samplers.noise_sampler,
-                               sigma=config.noise_sigma)
-    elif name == "translation":
-        fn = functools.partial(samplers.translation_sampler,
-                               max_shift=config.translation_max_shift)
-    else:
-        fn = functools.partial(samplers.mixing_sampler,
-                               alpha=config.mixing_alpha)
+def _pair_batches(spec, config, windows, base_seed, k, drop_remainder,
+                  as_windows):
+    # A "pairs" sampler (noise, translation, mixing, ...): k pairs of
+    # consecutive shuffled windows per vectorised call.
+    fn = functools.partial(spec.fn, **spec.kwargs(config))
 
     def sample(index, batch):
         pairs = {key: _split_pairs(value, k if drop_remainder else None)
@@ -645,7 +476,7 @@ def _valid_pair_batches(pairs, is_valid, sampler_fn, k, drop_remainder,
                   num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _proximity_batches(config, record_ds, base_seed, window_seed, k,
+def _proximity_batches(spec, config, record_ds, base_seed, window_seed, k,
                        drop_remainder, as_windows):
     dt = float(config.proximity_dt)
     if dt <= C.WINDOW_SECONDS:
@@ -667,19 +498,19 @@ def _proximity_batches(config, record_ds, base_seed, window_seed, k,
                                          seed=window_seed)
     return _valid_pair_batches(pairs.batch(2, drop_remainder=True),
                                samplers.proximity_pair_valid,
-                               samplers.proximity_sampler, k, drop_remainder,
+                               spec.fn, k, drop_remainder,
                                as_windows)
 
 
-def _supervised_batches(config, paths, record_shard, seed, pid, num_classes,
-                        k, drop_remainder, as_windows, repeat, skip_corrupt):
+def _supervised_batches(spec, config, paths, record_shard, seed, pid,
+                        num_classes, k, drop_remainder, as_windows, repeat,
+                        skip_corrupt):
     # Drawn by index from the whole class, not paired out of the shuffle
     # buffer: see class_index's docstring for why.
     index = class_index.load(paths, num_classes, skip_corrupt, record_shard)
     reader = class_index.WindowReader(index)
-    seed_words = list(_derive_seed(seed, pid, samplers.sampler_index(
-        "supervised"), _ELEMENTS))
-    sampler_id = samplers.sampler_index("supervised")
+    sampler_id = samplers.sampler_index(spec.name)
+    seed_words = list(_derive_seed(seed, pid, sampler_id, _ELEMENTS))
 
     def draw(batch_index, size):
         rng = np.random.default_rng(seed_words + [int(batch_index)])
@@ -741,25 +572,26 @@ def _sampler_batches(name, config, file_pattern, seed, input_context,
     """
     pid = _pipeline_id(input_context)
     tag = samplers.sampler_index(name)
-    if name == "supervised":
+    spec = registry.get(name)
+    if spec.stream == "class_index":
         paths, record_shard = shard_paths(file_pattern, input_context,
                                           skip_corrupt)
-        return _supervised_batches(config, paths, record_shard, seed, pid,
-                                   num_classes, k, drop_remainder, as_windows,
-                                   repeat, skip_corrupt)
+        return _supervised_batches(spec, config, paths, record_shard, seed,
+                                   pid, num_classes, k, drop_remainder,
+                                   as_windows, repeat, skip_corrupt)
     # Each sampler of a joint mixture reads with its own seeds, so the
     # streams it mixes are not copies of one another.
     record_ds = read_corpus(file_pattern, _derive_seed(seed, tag)[0],
                             config.shuffle_buffer, input_context, skip_corrupt)
     base_seed = _stateless_base(seed, pid, tag, _ELEMENTS)
     window_seed = _derive_seed(seed, pid, tag, _WINDOWS)[0]
-    if name == "proximity":
-        return _proximity_batches(config, record_ds, base_seed, window_seed,
-                                  k, drop_remainder, as_windows)
+    if spec.stream == "proximity":
+        return _proximity_batches(spec, config, record_ds, base_seed,
+                                  window_seed, k, drop_remainder, as_windows)
     windows = windows_from_records(record_ds).shuffle(config.shuffle_buffer,
                                                       seed=window_seed)
-    return _augmentation_batches(name, config, windows, base_seed, k,
-                                 drop_remainder, as_windows)
+    return _pair_batches(spec, config, windows, base_seed, k, drop_remainder,
+                         as_windows)
 
 
 def _resolve_num_classes(file_pattern, num_classes):
@@ -802,14 +634,15 @@ def make_triplets(file_pattern, sampler_config, seed=0, input_context=None,
     """
     sampler_config.validate()
     name = sampler_config.sampler
-    if name == "supervised":
+    stream = registry.get(name).stream
+    if stream == "class_index":
         num_classes = _resolve_num_classes(file_pattern, num_classes)
-    if name == "supervised":
+        # Draws by index: repeats by itself.
         return _sampler_batches(name, sampler_config, file_pattern, seed,
                                 input_context, num_classes, skip_corrupt,
                                 _SAMPLE_CHUNK, drop_remainder=False,
                                 repeat=repeat).unbatch()
-    if name != "joint":
+    if stream != "mixture":
         ds = _sampler_batches(name, sampler_config, file_pattern, seed,
                               input_context, num_classes, skip_corrupt,
                               _SAMPLE_CHUNK, drop_remainder=False).unbatch()
@@ -825,7 +658,7 @@ def make_triplets(file_pattern, sampler_config, seed=0, input_context=None,
         ds = _sampler_batches(part, part_config, file_pattern, seed,
                               input_context, None, skip_corrupt,
                               _SAMPLE_CHUNK, drop_remainder=False)
-        if by_recording and part != "proximity":
+        if by_recording and registry.get(part).labels != "recording":
             ds = ds.map(_without_own_recording_negatives,
                         num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.unbatch()
@@ -876,7 +709,8 @@ def make_triplet_dataset(file_pattern, sampler_config, batch_size, seed=0,
     k = triplets_per_batch(batch_size, input_context)
     sampler_config.validate()
     name = sampler_config.sampler
-    if name == "joint":
+    stream = registry.get(name).stream
+    if stream == "mixture":
         triplets = make_triplets(file_pattern, sampler_config, seed=seed,
                                  input_context=input_context,
                                  skip_corrupt=skip_corrupt, repeat=repeat)
@@ -884,7 +718,7 @@ def make_triplet_dataset(file_pattern, sampler_config, batch_size, seed=0,
             triplets, k,
             by_recording=joint_labels_by_recording(sampler_config))
     else:
-        if name == "supervised":
+        if stream == "class_index":
             num_classes = _resolve_num_classes(file_pattern, num_classes)
         # Sampled a batch at a time: the triplets of a batch come out of one
         # vectorised sampler call, already in place.
@@ -892,9 +726,9 @@ def make_triplet_dataset(file_pattern, sampler_config, batch_size, seed=0,
                               input_context, num_classes, skip_corrupt, k,
                               drop_remainder=True, as_windows=True,
                               repeat=repeat)
-        if repeat and name != "supervised":
+        if repeat and stream != "class_index":
             ds = ds.repeat()
     ds = ds.prefetch(tf.data.AUTOTUNE)
-    options = tf.data.Options()
-    options.deterministic = True
-    return ds.with_options(options)
+    data_options = tf.data.Options()
+    data_options.deterministic = True
+    return ds.with_options(data_options)

@@ -363,9 +363,21 @@ def _sampler_ids(name, like):
                                                    tf.int32))
 
 
-def _augmentation_triplets(pairs, positive, name):
-    # Window 0 of each pair is the anchor, window 1 (a random other example)
-    # the negative.
+def augmentation_triplets(pairs, positive, name):
+    """The triplet dict of a "pairs" sampler, given its positives.
+
+    Window 0 of each pair is the anchor, window 1 (a random other example)
+    the negative; anchor and positive carry the anchor's window id.
+
+    Args:
+      pairs: k pairs of windows (`LOGMEL` `[k, 2, T, F]`, `WINDOW_ID` and
+        `RECORDING_ID` `[k, 2]`).
+      positive: float32 `[k, T, F]`, the positive of each anchor.
+      name: the sampler's registered name (its `SAMPLER` id).
+
+    Returns:
+      triplet batch dict, as for `noise_sampler`.
+    """
     ids = pairs[WINDOW_ID]
     rid = pairs[RECORDING_ID]
     return {
@@ -394,7 +406,7 @@ def noise_sampler(pairs, seed, sigma):
       `LABELS` int64 `[k, 3]`, `SAMPLER` int32 `[k]`, `RECORDING_IDS` `[k, 3]`,
       `VALID` bool `[k]`.
     """
-    return _augmentation_triplets(
+    return augmentation_triplets(
         pairs, noise_positive(pairs[LOGMEL][:, 0], seed, sigma), "noise")
 
 
@@ -409,7 +421,7 @@ def translation_sampler(pairs, seed, max_shift):
     Returns:
       triplet batch dict, as for `noise_sampler`.
     """
-    return _augmentation_triplets(
+    return augmentation_triplets(
         pairs, translation_positive(pairs[LOGMEL][:, 0], seed, max_shift),
         "translation")
 
@@ -428,7 +440,7 @@ def mixing_sampler(pairs, seed, alpha):
       window id.
     """
     del seed
-    return _augmentation_triplets(
+    return augmentation_triplets(
         pairs, mixing_positive(pairs[LOGMEL][:, 0], pairs[LOGMEL][:, 1],
                                alpha), "mixing")
 
