@@ -14,10 +14,15 @@ def _version():
         return re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
 
 
-def _scripts():
-    bin_dir = os.path.join(HERE, "bin")
-    return sorted(os.path.join("bin", name) for name in os.listdir(bin_dir)
-                  if not name.startswith((".", "_")))
+# The installed commands: triplet-audio-NAME runs what a checkout's bin/NAME
+# runs (the same function of triplet_audio/cli/commands.py), and
+# `triplet-audio NAME` too. Namespaced, because bare names would clash with
+# other packages' commands, and `export` is a shell builtin.
+COMMANDS = ("extract_features", "train", "export", "embed", "evaluate",
+            "demo", "inspect_triplets", "data_service", "make_corpus")
+CONSOLE_SCRIPTS = ["triplet-audio=triplet_audio.cli.commands:main"] + [
+    "triplet-audio-%s=triplet_audio.cli.commands:%s" % (
+        name.replace("_", "-"), name) for name in COMMANDS]
 
 
 setup(
@@ -30,7 +35,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10,<3.14",
     packages=find_packages(include=["triplet_audio", "triplet_audio.*"]),
-    scripts=_scripts(),
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "keras>=3.10,<4",

@@ -1,19 +1,19 @@
-"""One smoke test per flag file in flags/ (the LEAF pattern).
+"""One smoke test per flag file in flags/ (the LEAF pattern), and includes.
 
-Every `flags/*.cfg` must parse with bin/train's own flag definitions (the
-script is loaded as a module, so a flag it stops defining breaks the test)
-and resolve to a valid TrainConfig carrying the paper's hyperparameters; each
-is then trained for a few steps on a tiny corpus, shrunk by command-line
-overrides, and must leave a checkpoint. A new flag file fails here until it
-gets an entry in EXPECTED.
+Every `flags/*.cfg` must parse with bin/train's own flag definitions
+(`commands.define_flags("train")`, what bin/train and triplet-audio-train
+define) and parser (`mains.parse_flags`), and resolve to a valid TrainConfig
+carrying the paper's hyperparameters; each is then trained for a few steps on
+a tiny corpus, shrunk by command-line overrides, and must leave a checkpoint.
+A new flag file fails here until it gets an entry in EXPECTED.
 
-Flag files are self-contained (absl resolves a nested --flagfile against the
-working directory), so they parse from any directory.
+The Table 1 files include flags/paper_base.cfg (`--flagfile=paper_base.cfg`):
+`mains.parse_flags` resolves an include against the including file's
+directory, so they parse from any working directory, and each resolves to
+exactly the settings pinned in TABLE_1.
 """
 
 import glob
-import importlib.machinery
-import importlib.util
 import json
 import math
 import os
@@ -26,7 +26,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from triplet_audio.config import flagfiles
 from triplet_audio.config import options
+from triplet_audio.cli import commands
 from triplet_audio.cli import mains
 from triplet_audio import constants as C
 from triplet_audio.cli import flagdefs
@@ -60,22 +62,41 @@ EXPECTED = {
 SAMPLER_FILES = tuple(name + ".cfg" for name in options.SAMPLERS)
 # Flag files of other binaries, smoke-tested beside them.
 OTHER_BINARIES = {"demo_pipeline.cfg": "bin/demo (tests/test_demo.py)"}
+# Flag files that only other flag files include (not a run on their own).
+INCLUDED = {"paper_base.cfg": ("noise.cfg", "translation.cfg", "mixing.cfg",
+                               "proximity.cfg", "supervised.cfg",
+                               "joint.cfg")}
+
+# What each Table 1 file resolved to before paper_base.cfg existed (each file
+# then spelled out all its lines): the lines every run shared, then the
+# file's own. A file must resolve to exactly these settings, every flag's
+# value and whether it was set.
+PAPER_COMMON = (
+    "--model=resnet50", "--embedding_size=128", "--batch_size=768",
+    "--margin=0.2", "--distance=squared", "--optimizer=adam",
+    "--learning_rate=3e-4", "--lr_schedule=cosine", "--warmup_steps=2000",
+    "--steps=200000", "--checkpoint_every=2000", "--log_every=100",
+    "--mixed_precision=bf16", "--jit_compile", "--shuffle_buffer=16384",
+    "--seed=0")
+TABLE_1 = {
+    "noise.cfg": ("--sampler=noise", "--noise_sigma=0.5"),
+    "translation.cfg": ("--sampler=translation",
+                        "--translation_max_shift=10"),
+    "mixing.cfg": ("--sampler=mixing", "--mixing_alpha=0.25"),
+    "proximity.cfg": ("--sampler=proximity", "--proximity_dt=inf"),
+    "supervised.cfg": ("--sampler=supervised",),
+    "joint.cfg": ("--sampler=joint",
+                  "--joint_weights=noise=1,translation=1,mixing=1,proximity=1",
+                  "--noise_sigma=0.5", "--translation_max_shift=10",
+                  "--mixing_alpha=0.25", "--proximity_dt=inf"),
+}
 
 # Shrinks any flag file to a CPU smoke run (later flags win).
 TINY = ("--model=small", "--batch_size=24", "--steps=3", "--nojit_compile",
         "--mixed_precision=none", "--warmup_steps=0", "--shuffle_buffer=64")
 
 
-def _load_bin_train():
-    """Executes bin/train's module body: its flag definitions, not main()."""
-    loader = importlib.machinery.SourceFileLoader("bin_train", BIN_TRAIN)
-    spec = importlib.util.spec_from_loader("bin_train", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-_load_bin_train()
+commands.define_flags("train")
 
 
 def _flag_files():
@@ -88,12 +109,12 @@ def _flag_files():
 def fixture_parse(monkeypatch, tmp_path):
     """Parses a bin/train command line into FLAGS; restored afterwards.
 
-    Runs from an unrelated directory: flag files must not depend on the
-    working directory.
+    With bin/train's parser (includes resolved), from an unrelated directory:
+    flag files must not depend on the working directory.
     """
     monkeypatch.chdir(tmp_path)
     with flagsaver.flagsaver():
-        yield lambda args: FLAGS(["bin/train"] + list(args))
+        yield lambda args: mains.parse_flags(["bin/train"] + list(args))
 
 
 @pytest.fixture(scope="module", name="corpus")
@@ -128,8 +149,10 @@ def _command_line(name, corpus, model_dir):
 
 
 def test_every_flag_file_has_a_smoke_test():
-    assert set(_flag_files()) == set(EXPECTED) | set(OTHER_BINARIES)
+    assert set(_flag_files()) == (set(EXPECTED) | set(OTHER_BINARIES) |
+                                  set(INCLUDED))
     assert set(SAMPLER_FILES) <= set(EXPECTED)
+    assert set(TABLE_1) == set(INCLUDED["paper_base.cfg"])
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -192,3 +215,99 @@ def test_demo_flag_file_trains_and_checkpoints_with_bin_train(corpus,
     assert tf.train.latest_checkpoint(os.path.join(
         model_dir, trainer.CHECKPOINT_SUBDIR)).endswith("ckpt-3")
     assert trainer.load_config(model_dir).sampler.sampler == "proximity"
+
+
+# ------------------------------------------------------ Table 1 and includes
+
+
+def _state():
+    """Every flag's (value, times set): what a parse leaves in FLAGS."""
+    return {name: (FLAGS[name].value, FLAGS[name].present) for name in FLAGS}
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_1))
+def test_table_1_file_resolves_to_the_pinned_settings(parse, name):
+    parse(["--flagfile=" + os.path.join(FLAGS_DIR, name)])
+    resolved = _state()
+    FLAGS.unparse_flags()
+    parse(list(PAPER_COMMON) + list(TABLE_1[name]))
+    assert resolved == _state()
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_1))
+def test_table_1_file_states_only_what_differs(name):
+    with open(os.path.join(FLAGS_DIR, name)) as f:
+        lines = [l.strip() for l in f if l.strip() and not l.startswith("#")]
+    # The include first, so that the file's own lines override it.
+    assert lines == ["--flagfile=paper_base.cfg"] + list(TABLE_1[name])
+
+
+def test_command_line_flag_file_is_relative_to_the_working_directory(
+        parse, monkeypatch):
+    # absl's rule for a --flagfile on the command line, unchanged.
+    with pytest.raises(SystemExit) as raised:  # The fixture's cwd is empty.
+        parse(["--flagfile=flags/proximity.cfg"])
+    assert str(raised.value.code).startswith(
+        "error: cannot read flag file flags/proximity.cfg: ")
+    monkeypatch.chdir(REPO_ROOT)
+    parse(["--flagfile=flags/proximity.cfg"])
+    assert (FLAGS.sampler, FLAGS.model, FLAGS.steps) == (
+        "proximity", "resnet50", 200000)
+
+
+def _write(path, *lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+def test_includes_are_relative_to_the_including_file(tmp_path, monkeypatch):
+    _write(tmp_path / "cfg" / "base.cfg", "# comment", "--steps=10",
+           "--seed=1")
+    _write(tmp_path / "cfg" / "sub" / "leaf.cfg", "--margin=0.5")
+    _write(tmp_path / "cfg" / "sub" / "mid.cfg", "--flagfile=leaf.cfg",
+           "--flagfile=../base.cfg", "   --seed=2", "")
+    top = _write(tmp_path / "cfg" / "top.cfg", "// comment",
+                 "--flagfile=sub/mid.cfg", "--flagfile=" + str(
+                     tmp_path / "cfg" / "sub" / "leaf.cfg"))
+    monkeypatch.chdir(tmp_path / "cfg" / "sub")  # Not where top.cfg is.
+    expanded = flagfiles.expand_flagfiles(
+        ["prog", "--steps=1", "--flagfile=" + top, "--seed=3", "--",
+         "--flagfile=" + top])
+    # In place, in order: a later setting wins; nothing after "--".
+    assert expanded == ["prog", "--steps=1", "--margin=0.5", "--steps=10",
+                        "--seed=1", "--seed=2", "--margin=0.5", "--seed=3",
+                        "--", "--flagfile=" + top]
+    # A command-line --flagfile PATH (two arguments) too, relative to the
+    # working directory; "~" is expanded as absl does.
+    assert flagfiles.expand_flagfiles(["prog", "--flagfile", "mid.cfg"]) == [
+        "prog", "--margin=0.5", "--steps=10", "--seed=1", "--seed=2"]
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert flagfiles.expand_flagfiles(["prog", "--flagfile=~/cfg/base.cfg"]) == [
+        "prog", "--steps=10", "--seed=1"]
+    assert flagfiles.flag_file_sources(top) == [
+        top, os.path.join(tmp_path, "cfg", "sub/mid.cfg"),
+        os.path.join(tmp_path, "cfg", "sub", "leaf.cfg"),
+        os.path.join(tmp_path, "cfg", "sub", "../base.cfg"),
+        str(tmp_path / "cfg" / "sub" / "leaf.cfg")]
+
+
+@pytest.mark.parametrize("files,message", [
+    ({"a.cfg": ["--flagfile=b.cfg"], "b.cfg": ["--flagfile=a.cfg"]},
+     "a.cfg includes itself"),
+    ({"a.cfg": ["--flagfile=gone.cfg"]},
+     "cannot read flag file %s: No such file or directory (included by %s)"),
+    ({"a.cfg": ["--flagfile", "b.cfg"]}, "--flagfile=FILE on one line"),
+])
+def test_bad_includes_end_in_one_line(parse, tmp_path, files, message):
+    for name, lines in files.items():
+        _write(tmp_path / "cfg" / name, *lines)
+    top = str(tmp_path / "cfg" / "a.cfg")
+    with pytest.raises(SystemExit) as raised:
+        parse(["--flagfile=" + top])
+    if "%s" in message:
+        message %= (os.path.join(tmp_path, "cfg", "gone.cfg"), top)
+    # sys.exit(str): status 1, the string is the one line on stderr.
+    err = raised.value.code
+    assert isinstance(err, str) and err.startswith("error: "), err
+    assert message in err and "\n" not in err, err

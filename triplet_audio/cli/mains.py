@@ -15,6 +15,7 @@ from absl import logging
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from triplet_audio.cli import flagdefs
+from triplet_audio.config import flagfiles
 
 # Errors caused by the user's flags or input: reported in one line.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError,
@@ -66,7 +67,9 @@ def parse_flags(argv):
     """Flag parser for `app.run`: a bad flag ends in one line, status 1.
 
     absl's default parser prints the error and a second line of advice; the
-    command-line contract promises one line.
+    command-line contract promises one line. Flag files are expanded first
+    (`config.flagfiles`), so that a flag file's includes are found from any
+    working directory.
 
     Args:
       argv: the command line.
@@ -76,7 +79,7 @@ def parse_flags(argv):
     """
     from absl import flags  # pylint: disable=g-import-not-at-top
     try:
-        return flags.FLAGS(argv)
+        return flags.FLAGS(flagfiles.expand_flagfiles(argv))
     except flags.Error as e:
         sys.exit("error: %s (see --help)" % " ".join(str(e).split()))
 
