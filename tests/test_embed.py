@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -46,8 +48,11 @@ RECORDS = {
 SEGMENTS = {"a": [("a", 0), ("a", 1)], "b": [("b", 0)], "c": [("c", 0)]}
 
 
-def _write_corpus(corpus_dir, shards, manifest=True):
-    """Writes `shards` (lists of RECORDS keys) and a manifest.json."""
+def _write_corpus(corpus_dir, shards, manifest=True, frontend=None):
+    """Writes `shards` (lists of RECORDS keys) and a manifest.json.
+
+    `frontend`: the manifest's front-end parameters (default: this code's).
+    """
     os.makedirs(corpus_dir, exist_ok=True)
     for i, keys in enumerate(shards):
         path = os.path.join(corpus_dir, records.shard_name(i, len(shards)))
@@ -60,7 +65,8 @@ def _write_corpus(corpus_dir, shards, manifest=True):
                     source_path="/audio/%s.wav" % rid).SerializeToString())
     if manifest:
         with open(os.path.join(corpus_dir, records.MANIFEST_NAME), "w") as f:
-            json.dump({"frontend": C.frontend_params(), "classes": CLASSES}, f)
+            json.dump({"frontend": frontend or C.frontend_params(),
+                       "classes": CLASSES}, f)
     return str(corpus_dir)
 
 
@@ -153,6 +159,38 @@ def test_inner_saved_model_directory_is_accepted(corpus, exported, tmp_path):
     # metadata.json beside the SavedModel still names the representation.
     assert summary["representation"] == "proximity-small"
     assert summary["outputs"] == [str(tmp_path / "emb.npz")]
+
+
+def test_export_of_another_front_end_is_refused(corpus, exported, tmp_path):
+    _, export_dir = exported
+    tampered = str(tmp_path / "export")
+    shutil.copytree(export_dir, tampered)
+    path = os.path.join(tampered, export.METADATA_NAME)
+    with open(path) as f:
+        meta = json.load(f)
+    meta["frontend"]["mel_upper_hz"] = 8000.0
+    with open(path, "w") as f:
+        json.dump(meta, f)
+    message = re.escape("export %s was made with mel_upper_hz=8000.0, this "
+                        "code uses 7500.0; " % tampered)
+    for saved_model in (tampered,
+                        os.path.join(tampered, export.SAVED_MODEL_SUBDIR)):
+        with pytest.raises(records.FrontendMismatchError, match=message):
+            embed.embed_corpus(corpus, str(tmp_path / "o"),
+                               saved_model=saved_model)
+    assert not os.path.exists(str(tmp_path / "o.npz"))
+
+
+def test_corpus_of_another_front_end_is_refused(tmp_path):
+    corpus = _write_corpus(
+        tmp_path / "corpus", [[("a", 0), ("b", 0)]],
+        frontend=dict(C.frontend_params(), stft_hop_samples=128))
+    with pytest.raises(records.FrontendMismatchError,
+                       match=re.escape("corpus %s was made with "
+                                       "stft_hop_samples=128, this code uses "
+                                       "160; re-extract it" % corpus)):
+        embed.embed_corpus(corpus, str(tmp_path / "o"),
+                           representation="logmel")
 
 
 def test_scattered_chunks_are_grouped(tmp_path):

@@ -18,7 +18,9 @@ from triplet_audio.features import audio_io
 from triplet_audio import constants as C
 from triplet_audio.features import extract
 from triplet_audio.features import frontend
+from triplet_audio.features import inputs
 from triplet_audio.features import records
+from triplet_audio.features import shards
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(REPO_ROOT, "bin", "extract_features")
@@ -79,7 +81,7 @@ def test_manifest_counts_match_the_records(dir_run):
         assert shard["windows"] == sum(int(e[records.NUM_WINDOWS])
                                        for e in mine)
         summary_path = os.path.join(
-            out, extract.shard_summary_name(manifest["shards"].index(shard),
+            out, shards.shard_summary_name(manifest["shards"].index(shard),
                                             3))
         with open(summary_path) as f:
             assert json.load(f)["records"] == shard["records"]
@@ -159,17 +161,17 @@ def test_csv_labels_splits_and_vocabulary(csv_run, fixtures_dir):
 
 def test_short_clip_is_padded_or_skipped(fixtures_dir, tmp_path):
     path = _audio(fixtures_dir, F.SHORT)
-    item = extract.InputItem(path, "short")
-    serialized, result = extract.process_file(item, pad_short=True)
-    assert result.status == extract.STATUS_OK and len(serialized) == 1
+    item = inputs.InputItem(path, "short")
+    serialized, result = shards.process_file(item, pad_short=True)
+    assert result.status == shards.STATUS_OK and len(serialized) == 1
     got = records.example_to_numpy(
         tf.train.Example.FromString(serialized[0]))
     expected = frontend.waveform_to_windows(audio_io.load_audio(path),
                                             pad_short=True).numpy()
     np.testing.assert_allclose(got[records.LOGMEL], expected, atol=1e-5)
 
-    serialized, result = extract.process_file(item, pad_short=False)
-    assert serialized == [] and result.status == extract.STATUS_SKIPPED
+    serialized, result = shards.process_file(item, pad_short=False)
+    assert serialized == [] and result.status == shards.STATUS_SKIPPED
     assert "shorter than one window" in result.reason
 
     # Skipped is not failed: a run of only short clips still "succeeds" at
@@ -195,8 +197,8 @@ def test_long_recording_is_chunked(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
     sf.write(path, 0.2 * rng.standard_normal(int(rate * seconds)), rate,
              format="FLAC")
-    item = extract.InputItem(path, "long", labels=(2,), split="train")
-    serialized, result = extract.process_file(item, block_frames=5000)
+    item = inputs.InputItem(path, "long", labels=(2,), split="train")
+    serialized, result = shards.process_file(item, block_frames=5000)
     chunks = [records.example_to_numpy(tf.train.Example.FromString(s))
               for s in serialized]
     expected = frontend.waveform_to_windows(audio_io.load_audio(path)).numpy()
@@ -362,30 +364,30 @@ def test_discover_directory_glob_and_csv(tmp_path):
     for rel in ("b.wav", "a.WAV", "sub/c.flac", "sub/c.wav", "notes.txt",
                 ".hidden/x.wav", "sub/._c.wav"):
         (root / rel).write_bytes(b"")
-    items, classes = extract.discover_inputs(str(root), ("wav", "flac"))
+    items, classes = inputs.discover_inputs(str(root), ("wav", "flac"))
     assert classes == []
     assert [i.recording_id for i in items] == [
         "a", "b", "sub/c.flac", "sub/c.wav"]  # c.* keep their extension.
     assert [i.path for i in items] == sorted(i.path for i in items)
 
-    items, _ = extract.discover_inputs(str(root / "sub" / "*.wav"))
+    items, _ = inputs.discover_inputs(str(root / "sub" / "*.wav"))
     assert [i.recording_id for i in items] == ["c"]
 
     csv_path = root / "list.csv"
     csv_path.write_text("b.wav,dog;cat,train\nsub/c.wav,cat\n\n")
-    items, classes = extract.discover_inputs(str(csv_path))
+    items, classes = inputs.discover_inputs(str(csv_path))
     assert classes == ["cat", "dog"]  # No header row here.
     assert [(i.recording_id, i.labels, i.split) for i in items] == [
         ("b", (0, 1), "train"), ("sub/c", (0,), "")]
 
     csv_path.write_text("path,labels\nb.wav,x\nsub/../b.wav,y\n")
-    with pytest.raises(extract.ExtractError, match="twice"):
-        extract.discover_inputs(str(csv_path))
+    with pytest.raises(inputs.ExtractError, match="twice"):
+        inputs.discover_inputs(str(csv_path))
     csv_path.write_text("path,labels,split\n")
-    with pytest.raises(extract.ExtractError, match="^input: CSV"):
-        extract.discover_inputs(str(csv_path))
-    with pytest.raises(extract.ExtractError, match="^input: no files"):
-        extract.discover_inputs(str(root / "sub"), ("mp3",))
+    with pytest.raises(inputs.ExtractError, match="^input: CSV"):
+        inputs.discover_inputs(str(csv_path))
+    with pytest.raises(inputs.ExtractError, match="^input: no files"):
+        inputs.discover_inputs(str(root / "sub"), ("mp3",))
 
 
 def test_output_dir_of_another_extraction_is_refused(tmp_path, fixtures_dir):
@@ -395,7 +397,7 @@ def test_output_dir_of_another_extraction_is_refused(tmp_path, fixtures_dir):
     config = extract.ExtractConfig(input=_audio(fixtures_dir, "tones"),
                                    output_dir=str(out), num_shards=2,
                                    workers=1)
-    with pytest.raises(extract.ExtractError, match="another extraction"):
+    with pytest.raises(inputs.ExtractError, match="another extraction"):
         extract.run(config)
 
 

@@ -1,4 +1,4 @@
-"""Tests of extract_beam: Beam runners write the corpus the local runner does.
+"""Tests of beam_runner: Beam runners write the corpus the local runner does.
 
 apache-beam is in the `test` extra, so these run in CI (`make test`). Where
 it is missing they are skipped with a loud reason rather than failing the
@@ -19,7 +19,9 @@ import pytest
 
 from testdata import make_fixtures as F
 from triplet_audio.features import extract
+from triplet_audio.features import inputs
 from triplet_audio.features import records
+from triplet_audio.features import shards
 
 try:
     import apache_beam  # noqa: F401  pylint: disable=unused-import
@@ -32,7 +34,7 @@ except ImportError:
     pytest.skip(_WHY, allow_module_level=True)
 # After the check: only importable with apache_beam (and a broken import of
 # our own must fail, not skip).
-from triplet_audio.features import extract_beam  # noqa: E402  pylint: disable=g-import-not-at-top
+from triplet_audio.features import beam_runner  # noqa: E402  pylint: disable=g-import-not-at-top
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(REPO_ROOT, "bin", "extract_features")
@@ -110,7 +112,7 @@ def test_directrunner_corpus_is_byte_identical_to_local(both_runners):
 
 
 def test_directrunner_keeps_shard_assignment_and_order(both_runners):
-    items, _ = extract.discover_inputs(both_runners["input"])
+    items, _ = inputs.discover_inputs(both_runners["input"])
     num_shards = both_runners["num_shards"]
     failed = {f["path"] for f in both_runners["local"]["failures"]}
     by_shard = _records_by_shard(both_runners["beam_dir"])
@@ -165,7 +167,7 @@ def test_beam_finishes_a_partial_local_corpus_identically(both_runners,
     def no_job(self, plan_path):
         raise AssertionError("a job was launched for nothing")
 
-    monkeypatch.setattr(extract_beam.BeamShardWriter, "_run", no_job)
+    monkeypatch.setattr(beam_runner.BeamShardWriter, "_run", no_job)
     again = _extract(both_runners["input"], out, DIRECT,
                      both_runners["num_shards"])
     assert again["resumed_shards"] == both_runners["num_shards"]
@@ -173,13 +175,13 @@ def test_beam_finishes_a_partial_local_corpus_identically(both_runners,
 
 
 def test_plan_lines_round_trip():
-    items = (extract.InputItem("/d/caf\u00e9, \"x\".wav", "caf\u00e9",
+    items = (inputs.InputItem("/d/caf\u00e9, \"x\".wav", "caf\u00e9",
                                (0, 3), "train"),
-             extract.InputItem("/d/b.flac", "b"))
-    task = extract.make_shard_tasks(items, 1, False, "/out")[0]
-    line = extract_beam.task_to_json(task)
+             inputs.InputItem("/d/b.flac", "b"))
+    task = shards.make_shard_tasks(items, 1, False, "/out")[0]
+    line = beam_runner.task_to_json(task)
     assert "\n" not in line  # One task per line of the plan file.
-    assert extract_beam.task_from_json(line) == task
+    assert beam_runner.task_from_json(line) == task
 
 
 def _config(fixtures_dir, tmp_path, **kw):
@@ -240,9 +242,10 @@ def test_without_beam_the_error_says_how_to_install_it(
         fixtures_dir, tmp_path, caplog, monkeypatch):
     # As if apache-beam were not installed: its import fails.
     monkeypatch.setitem(sys.modules, "apache_beam", None)
-    monkeypatch.delitem(sys.modules, "triplet_audio.features.extract_beam")
-    # `from triplet_audio import extract_beam` would find the attribute.
-    monkeypatch.delattr("triplet_audio.features.extract_beam")
+    monkeypatch.delitem(sys.modules, "triplet_audio.features.beam_runner")
+    # `from triplet_audio.features import beam_runner` would find the
+    # attribute.
+    monkeypatch.delattr("triplet_audio.features.beam_runner")
     assert extract.main(_config(fixtures_dir, tmp_path)) == 2
     (error,) = _error_lines(caplog)
     assert "pip install 'triplet-audio[beam]'" in error, error
@@ -265,7 +268,7 @@ def test_config_checks_beam_pipeline_options():
 
 def test_a_failing_job_exits_1_and_leaves_no_partial_shard(
         fixtures_dir, tmp_path, caplog, monkeypatch):
-    real_write_shard = extract.write_shard
+    real_write_shard = shards.write_shard
 
     def write_then_fail(task, progress=None, temp_suffix=None):
         if task.index == 1:
@@ -276,7 +279,7 @@ def test_a_failing_job_exits_1_and_leaves_no_partial_shard(
         return real_write_shard(task, progress, temp_suffix)
 
     # DirectRunner runs the DoFn in this process, so the patch reaches it.
-    monkeypatch.setattr(extract, "write_shard", write_then_fail)
+    monkeypatch.setattr(shards, "write_shard", write_then_fail)
     out = tmp_path / "out"
     assert extract.main(_config(fixtures_dir, tmp_path,
                                 output_dir=str(out))) == 1
@@ -295,7 +298,7 @@ def test_shards_the_launcher_cannot_see_are_an_error(
         fixtures_dir, tmp_path, caplog, monkeypatch):
     # Workers that write their shards where the launcher does not look:
     # what a cluster without a shared --output_dir does.
-    real_write_shard = extract.write_shard
+    real_write_shard = shards.write_shard
     elsewhere = tmp_path / "worker_disk"
     elsewhere.mkdir()
 
@@ -304,7 +307,7 @@ def test_shards_the_launcher_cannot_see_are_an_error(
             dataclasses.replace(task, output_dir=str(elsewhere)), progress,
             temp_suffix)
 
-    monkeypatch.setattr(extract, "write_shard", write_elsewhere)
+    monkeypatch.setattr(shards, "write_shard", write_elsewhere)
     assert extract.main(_config(fixtures_dir, tmp_path, num_shards=2)) == 1
     (error,) = _error_lines(caplog)
     assert "2 of 2 shards are not in" in error, error
@@ -346,7 +349,7 @@ def test_help_documents_the_beam_flags():
 def test_the_local_runner_never_imports_beam(fixtures_dir, tmp_path):
     code = (
         "import sys\n"
-        "from triplet_audio import extract\n"
+        "from triplet_audio.features import extract\n"
         "extract.run(extract.ExtractConfig(%r, %r, num_shards=1, "
         "workers=1))\n"
         "assert 'apache_beam' not in sys.modules, 'imported'\n" %

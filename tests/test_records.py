@@ -361,3 +361,111 @@ def test_load_manifest_invalid_json_names_the_file(tmp_path):
     path.write_text('{"vocabulary": [')
     with pytest.raises(ValueError, match=re.escape(str(path))):
         records.load_manifest(str(tmp_path))
+
+
+# --- front-end parameters checked on read ---------------------------------
+
+
+def _write_manifest(directory, **frontend_changes):
+    """A manifest as extraction writes it, front end changed as given."""
+    frontend = dict(C.frontend_params(), **frontend_changes)
+    with open(os.path.join(directory, records.MANIFEST_NAME), "w") as f:
+        json.dump({"frontend": frontend, "classes": ["a", "b", "c"]}, f)
+
+
+def test_check_frontend_params_names_both_values():
+    records.check_frontend_params(C.frontend_params(), "corpus /x")
+    changed = dict(C.frontend_params(), mel_upper_hz=8000.0)
+    with pytest.raises(records.FrontendMismatchError) as e:
+        records.check_frontend_params(changed, "corpus /x")
+    assert str(e.value) == ("corpus /x was made with mel_upper_hz=8000.0, "
+                            "this code uses %r; re-extract it" %
+                            C.MEL_UPPER_HZ)
+    assert isinstance(e.value, ValueError)  # A user error for the binaries.
+    # Several: each named, in both lists; missing and unknown ones too.
+    changed.update(num_mel_bands=128, new_knob=1)
+    del changed["log_offset"]
+    with pytest.raises(records.FrontendMismatchError,
+                       match=re.escape(
+                           "export /e was made with num_mel_bands=128, "
+                           "mel_upper_hz=8000.0, log_offset=(none), "
+                           "new_knob=1; this code uses num_mel_bands=64, "
+                           "mel_upper_hz=7500.0, log_offset=0.01, "
+                           "new_knob=(none); retrain")):
+        records.check_frontend_params(changed, "export /e", remedy="retrain")
+
+
+def test_a_corpus_of_another_front_end_is_refused_by_every_reader(corpus):
+    directory, paths, _ = corpus
+    _write_manifest(directory, mel_upper_hz=8000.0)
+    message = re.escape("corpus %s was made with mel_upper_hz=8000.0, this "
+                        "code uses 7500.0; re-extract it" % directory)
+    for read in (records.list_shards, records.read_records,
+                 records.load_corpus_manifest):
+        for pattern in (directory, os.path.join(directory, "shard-*"),
+                        ",".join(paths)):
+            with pytest.raises(records.FrontendMismatchError, match=message):
+                read(pattern)
+    # A glob that reaches shards of two corpora checks both.
+    other = os.path.join(directory, "other")
+    os.makedirs(other)
+    _write_shard(os.path.join(other, records.shard_name(0, 1)), [
+        records.make_example(_logmel(1, 0), _start_times(1), "x")])
+    _write_manifest(directory)
+    _write_manifest(other, window_frames=48)
+    with pytest.raises(records.FrontendMismatchError,
+                       match=re.escape("corpus %s was made with "
+                                       "window_frames=48" % other)):
+        records.list_shards("%s,%s" % (directory, other))
+
+
+def test_corpora_with_this_front_end_or_without_one_are_read(corpus):
+    directory, paths, ids = corpus
+    # The fixture's manifest records no front end (not bin/extract_features
+    # output): read as it is.
+    assert records.load_corpus_manifest(directory) == {
+        "vocabulary": ["a", "b", "c"]}
+    assert records.list_shards(directory) == sorted(paths)
+    _write_manifest(directory)
+    assert records.load_corpus_manifest(directory)["frontend"] == (
+        C.frontend_params())
+    assert _ids(records.read_records(directory)) == collections.Counter(
+        sum(ids, []))
+    # Bare shards: no manifest at all.
+    os.remove(os.path.join(directory, records.MANIFEST_NAME))
+    assert records.load_corpus_manifest(directory) is None
+    assert records.list_shards(directory) == sorted(paths)
+
+
+def test_list_shards_in_a_directory_with_wildcard_characters(tmp_path):
+    directory = tmp_path / "run[1]"
+    nested = directory / "part"
+    os.makedirs(nested)
+    examples = [records.make_example(_logmel(1, 0), _start_times(1), "x")]
+    top = str(directory / records.shard_name(0, 1))
+    deep = str(nested / records.shard_name(0, 1))
+    _write_shard(top, examples)
+    _write_shard(deep, examples)
+    assert records.list_shards(str(directory)) == [top]
+    # `**` means any depth, as for audio inputs.
+    assert records.list_shards(
+        os.path.join(str(tmp_path), "**", "*.tfrecord")) == sorted(
+            [top, deep])
+
+
+def test_training_refuses_a_corpus_of_another_front_end(corpus, tmp_path):
+    directory, _, _ = corpus
+    _write_manifest(directory, mel_upper_hz=8000.0)
+    model_dir = str(tmp_path / "run")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "bin", "train"),
+         "--train_data=" + directory, "--model_dir=" + model_dir,
+         "--sampler=proximity", "--model=small", "--steps=1",
+         "--batch_size=6"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == (
+        "error: corpus %s was made with mel_upper_hz=8000.0, this code uses "
+        "7500.0; re-extract it" % directory), result.stderr[-3000:]

@@ -10,6 +10,8 @@ The one home of the on-disk format. A corpus directory holds
                                   before the shard is renamed into place
   manifest.json                   front-end parameters, class vocabulary, counts
                                   per shard and every failed file with its reason
+                                  (readers refuse a corpus made with another
+                                  front end: `load_corpus_manifest`)
   shard-NNNNN-of-MMMMM.tfrecord.classidx.npz
                                   class index of the shard's labelled records,
                                   made by the supervised sampler on first use
@@ -32,7 +34,6 @@ Example features (keys are the constants below):
 consume; nothing downstream of it sees the file format.
 """
 
-import glob
 import json
 import os
 import re
@@ -44,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 from triplet_audio import constants as C
+from triplet_audio.features import inputs
 
 LOGMEL = "logmel"
 NUM_WINDOWS = "num_windows"
@@ -309,30 +311,35 @@ def data_loss_error(paths, error):
 def list_shards(file_pattern):
     """Expands a glob, directory or comma-separated list into sorted shards.
 
+    Every directory the shards are in that holds a manifest.json is checked
+    to have been extracted with this code's front end
+    (`load_corpus_manifest`); shards without a manifest are read as they
+    are.
+
     Args:
-      file_pattern: a corpus directory, a glob, or comma-separated globs.
+      file_pattern: a corpus directory, a glob (`**` matches any depth), or
+        comma-separated globs.
 
     Returns:
       sorted list of paths.
 
     Raises:
       FileNotFoundError: naming the pattern when nothing matches.
+      FrontendMismatchError: naming the corpus and the parameters, when a
+        manifest says the shards were made with another front end.
+      ValueError: naming the manifest if it is not valid JSON.
     """
-    paths = []
-    for pattern in str(file_pattern).split(","):
-        pattern = pattern.strip()
-        if not pattern:
-            continue
-        if os.path.isdir(pattern):
-            pattern = os.path.join(pattern, "*" + SHARD_SUFFIX)
-        # The shard summaries and the manifest sit beside the shards, so a
-        # natural glob such as "corpus/shard-*" matches them too.
-        paths.extend(p for p in glob.glob(pattern)
-                     if not p.endswith((TEMP_SUFFIX, SUMMARY_SUFFIX,
-                                            CLASS_INDEX_SUFFIX)))
-    paths = sorted(set(paths))
+    # The shard summaries and the manifest sit beside the shards, so a
+    # natural glob such as "corpus/shard-*" matches them too.
+    paths = inputs.expand_globs(
+        file_pattern, split_commas=True, directory_glob="*" + SHARD_SUFFIX,
+        keep=lambda p: not p.endswith((TEMP_SUFFIX, SUMMARY_SUFFIX,
+                                       CLASS_INDEX_SUFFIX)))
     if not paths:
         raise FileNotFoundError("no TFRecord shards match %r" % (file_pattern,))
+    for directory in sorted({os.path.dirname(p) for p in paths}):
+        if os.path.isfile(os.path.join(directory or ".", MANIFEST_NAME)):
+            load_corpus_manifest(directory or ".")
     return paths
 
 
@@ -420,7 +427,10 @@ def records_from_paths(paths, skip_corrupt=False, num_parallel_reads=None,
 
 
 def load_manifest(corpus_dir):
-    """Reads a corpus directory's manifest.json.
+    """Reads a corpus directory's manifest.json, as it is.
+
+    Readers of the corpus's shards use `load_corpus_manifest`, which also
+    checks the front end.
 
     Args:
       corpus_dir: the corpus directory (or a glob inside it, or a path to the
@@ -433,17 +443,102 @@ def load_manifest(corpus_dir):
       FileNotFoundError: naming the directory if it has no manifest.
       ValueError: naming the manifest if it is not valid JSON.
     """
-    corpus_dir = str(corpus_dir)
-    if corpus_dir.endswith(MANIFEST_NAME):
-        path = corpus_dir
-    else:
-        if not os.path.isdir(corpus_dir):
-            corpus_dir = os.path.dirname(corpus_dir.split(",")[0])
-        path = os.path.join(corpus_dir, MANIFEST_NAME)
+    path = _manifest_path(corpus_dir)
     if not os.path.exists(path):
-        raise FileNotFoundError("no %s in %s" % (MANIFEST_NAME, corpus_dir))
+        raise FileNotFoundError("no %s in %s" % (MANIFEST_NAME,
+                                                 os.path.dirname(path)))
     with open(path) as f:
         try:
             return json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError("%s is not valid JSON: %s" % (path, e)) from e
+
+
+def _manifest_path(corpus_dir):
+    """Where the manifest of `corpus_dir` (as for `load_manifest`) is."""
+    corpus_dir = str(corpus_dir)
+    if corpus_dir.endswith(MANIFEST_NAME):
+        return corpus_dir
+    if not os.path.isdir(corpus_dir):
+        corpus_dir = os.path.dirname(corpus_dir.split(",")[0])
+    return os.path.join(corpus_dir, MANIFEST_NAME)
+
+
+def load_corpus_manifest(corpus_dir):
+    """The manifest of a corpus about to be read, checked against this code.
+
+    Args:
+      corpus_dir: as for `load_manifest`.
+
+    Returns:
+      the manifest dict, or None when the corpus has none (bare shards are
+      read as they are).
+
+    Raises:
+      FrontendMismatchError: naming the corpus and the parameters, when its
+        manifest records front-end parameters other than this code's
+        (`constants.frontend_params`). A manifest without them (not written
+        by bin/extract_features) is not checked.
+      ValueError: naming the manifest if it is not valid JSON.
+    """
+    try:
+        manifest = load_manifest(corpus_dir)
+    except FileNotFoundError:
+        return None
+    if isinstance(manifest, dict) and "frontend" in manifest:
+        check_frontend_params(manifest["frontend"], "corpus %s" % (
+            os.path.dirname(_manifest_path(corpus_dir)) or "."))
+    return manifest
+
+
+class FrontendMismatchError(ValueError):
+    """Data made with other front-end parameters than this code's."""
+
+
+_MISSING = object()
+
+
+def check_frontend_params(found, source, remedy="re-extract it"):
+    """Checks recorded front-end parameters against this code's.
+
+    Log-mel windows made with another front end (another mel range, hop,
+    log offset, ...) are different features: a model trained on them, or
+    windows compared with them, would be silently wrong.
+
+    Args:
+      found: the parameters a corpus manifest or an export's metadata
+        recorded (`constants.frontend_params()` of the code that made it).
+      source: what recorded them, for the message, e.g. "corpus /x".
+      remedy: what the user should do, ending the message.
+
+    Raises:
+      FrontendMismatchError: naming `source`, each differing parameter with
+        both values, and `remedy`, e.g. "corpus /x was made with
+        mel_upper_hz=8000.0, this code uses 7500.0; re-extract it".
+    """
+    expected = C.frontend_params()
+    if not isinstance(found, dict):
+        raise FrontendMismatchError(
+            "%s records front-end parameters %r, not a mapping; %s" %
+            (source, found, remedy))
+    names = [k for k in expected if found.get(k, _MISSING) != expected[k]]
+    names += sorted(k for k in found if k not in expected)
+    if not names:
+        return
+
+    def show(params, name):
+        value = params.get(name, _MISSING)
+        return "(none)" if value is _MISSING else repr(value)
+
+    if len(names) == 1:
+        (name,) = names
+        raise FrontendMismatchError(
+            "%s was made with %s=%s, this code uses %s; %s" % (
+                source, name, show(found, name), show(expected, name),
+                remedy))
+    raise FrontendMismatchError(
+        "%s was made with %s; this code uses %s; %s" % (
+            source,
+            ", ".join("%s=%s" % (n, show(found, n)) for n in names),
+            ", ".join("%s=%s" % (n, show(expected, n)) for n in names),
+            remedy))

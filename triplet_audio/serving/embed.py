@@ -6,7 +6,7 @@ The library behind bin/embed. `embed_corpus` reads either
     holding manifest.json, a directory of shards, a shard glob or
     comma-separated globs), or
   * audio files (a directory searched recursively, a glob, or a CSV
-    `path,labels[,split]`, listed by `extract.discover_inputs`), read with
+    `path,labels[,split]`, listed by `inputs.discover_inputs`), read with
     `audio_io.load_audio` and cut into windows by the front end,
 
 and writes one row per 0.96 s window, grouped into segments (segment =
@@ -34,7 +34,6 @@ output's metadata; the rest are embedded.
 """
 
 import collections
-import glob
 import os
 import time
 
@@ -45,6 +44,7 @@ import tensorflow as tf
 from triplet_audio import constants as C
 from triplet_audio.serving import embeddings_io
 from triplet_audio.features import frontend
+from triplet_audio.features import inputs
 from triplet_audio.features import records
 
 LOGMEL = "logmel"
@@ -56,8 +56,6 @@ INPUT_AUDIO = "audio"
 
 PROGRESS_SECONDS = 10.0
 """How often progress is logged."""
-
-_GLOB_CHARS = frozenset("*?[")
 
 
 class EmbedError(ValueError):
@@ -98,6 +96,13 @@ class _SavedModelEmbedder:
             logging.warning("%s has no %s; naming the representation "
                             "'saved_model'", export_dir, export.METADATA_NAME)
             meta = {}
+        if "frontend" in meta:
+            # The model learned from this front end's windows; those of
+            # another would be embedded without a word otherwise.
+            records.check_frontend_params(
+                meta["frontend"], "export %s" % meta_dir,
+                remedy="embed with the code that made it, or retrain and "
+                "export with this one")
         loaded = tf.saved_model.load(path)
         if "embed_logmel" not in loaded.signatures:
             raise EmbedError("saved_model: %s has no embed_logmel signature "
@@ -236,18 +241,18 @@ def input_kind(input_spec):
     spec = str(input_spec)
     if os.path.isdir(spec):
         if os.path.exists(os.path.join(spec, records.MANIFEST_NAME)) or (
-                glob.glob(os.path.join(glob.escape(spec),
-                                       "*" + records.SHARD_SUFFIX))):
+                inputs.expand_globs(
+                    spec, directory_glob="*" + records.SHARD_SUFFIX)):
             return INPUT_TFRECORD
         return INPUT_AUDIO
     if os.path.isfile(spec):
-        ext = os.path.splitext(spec)[1][1:].lower()
+        ext = inputs.extension(spec)
         if ext == "csv" or ext in audio_io.AUDIO_EXTENSIONS:
             return INPUT_AUDIO
         return INPUT_TFRECORD
-    parts = [p.strip() for p in spec.split(",") if p.strip()]
-    if any(ch in spec for ch in _GLOB_CHARS) or len(parts) > 1:
-        matches = [m for p in parts for m in glob.glob(p, recursive=True)]
+    parts = [p for p in spec.split(",") if p.strip()]
+    if inputs.is_glob(spec) or len(parts) > 1:
+        matches = inputs.expand_globs(spec, split_commas=True)
         if any(records.SHARD_SUFFIX in m for m in matches) or (
                 not matches and records.SHARD_SUFFIX in spec):
             return INPUT_TFRECORD
@@ -257,10 +262,13 @@ def input_kind(input_spec):
 
 
 def _manifest_classes(input_spec):
-    """The class vocabulary of a TFRecord corpus, or None without manifest."""
-    try:
-        manifest = records.load_manifest(input_spec)
-    except FileNotFoundError:
+    """The class vocabulary of a TFRecord corpus, or None without manifest.
+
+    Raises:
+      records.FrontendMismatchError: the manifest names another front end.
+    """
+    manifest = records.load_corpus_manifest(input_spec)
+    if manifest is None:
         return None
     return [str(c) for c in manifest.get("classes", [])]
 
@@ -358,11 +366,8 @@ def _windows_fn(waveform):
 
 def _audio_segments(input_spec, batcher, progress):
     """Embeds audio files; unusable ones are listed, not fatal."""
-    # pylint: disable=g-import-not-at-top
-    from triplet_audio.features import audio_io
-    from triplet_audio.features import extract
-    # pylint: enable=g-import-not-at-top
-    items, classes = extract.discover_inputs(input_spec)
+    from triplet_audio.features import audio_io  # pylint: disable=g-import-not-at-top
+    items, classes = inputs.discover_inputs(input_spec)
     segments, failures = [], []
     by_key = {}
     audio_seconds = 0.0

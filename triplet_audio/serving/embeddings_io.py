@@ -38,6 +38,8 @@ import re
 from absl import logging
 import numpy as np
 
+from triplet_audio.features import inputs
+
 FORMAT_VERSION = 1
 
 EMBEDDINGS = "embeddings"
@@ -57,7 +59,6 @@ REQUIRED_KEYS = (EMBEDDINGS, SEGMENT_INDEX, START_TIMES, SEGMENT_IDS, LABELS,
 _SHARD_RE = re.compile(
     r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.npz$")
 _TEMP_SUFFIX = ".incomplete"
-_GLOB_CHARS = frozenset("*?[")
 
 
 class EmbeddingFormatError(ValueError):
@@ -331,7 +332,7 @@ def _remove_stale(path, written):
     Without this, re-writing with another shard count would leave two
     complete shard sets that a reader would merge (duplicate segments).
     """
-    candidates = glob.glob(_shard_glob(path))
+    candidates = inputs.expand_globs(_shard_glob(path))
     candidates.append(single_file_path(path))
     for old in candidates:
         if old not in written and os.path.isfile(old):
@@ -420,10 +421,8 @@ def resolve_paths(path_or_glob):
         # One named file is read alone, even a single shard.
         return [p]
     paths = _written_files(p)
-    if not paths and os.path.isdir(p):
-        paths = sorted(glob.glob(os.path.join(p, "*.npz")))
-    elif not paths and any(ch in p for ch in _GLOB_CHARS):
-        paths = sorted(glob.glob(p))
+    if not paths and (os.path.isdir(p) or inputs.is_glob(p)):
+        paths = inputs.expand_globs(p, directory_glob="*.npz")
     paths = [x for x in paths if not x.endswith(_TEMP_SUFFIX)]
     if not paths:
         raise EmbeddingFormatError(
@@ -437,8 +436,7 @@ def resolve_paths(path_or_glob):
 def _written_files(path):
     """The files `write_embeddings(path, ...)` wrote that exist, sorted."""
     single = single_file_path(path)
-    shards = sorted(x for x in glob.glob(_shard_glob(path))
-                    if os.path.isfile(x))
+    shards = inputs.expand_globs(_shard_glob(path), keep=os.path.isfile)
     if os.path.isfile(single):
         if shards:
             raise EmbeddingFormatError(

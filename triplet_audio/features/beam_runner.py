@@ -1,18 +1,19 @@
-"""Feature extraction on Apache Beam: the shards of `extract`, as a pipeline.
+"""The Beam runner: the shards of an extraction, written by a Beam pipeline.
 
 `extract.run(config)` with `config.runner` naming a Beam runner
 (DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, ...) plans,
-resumes and writes manifest.json exactly as with the local runner; only the
-shards still to do are handed to `BeamShardWriter.write_shards`, which runs
+resumes and writes manifest.json exactly as with the local runner
+(`local_runner`); only the shards still to do are handed to
+`BeamShardWriter.write_shards`, which runs
 
-  plan file (one `extract.ShardTask` per line, JSON)
+  plan file (one `shards.ShardTask` per line, JSON)
     | ReadFromText
     | Reshuffle                  spread the shards over the workers
-    | ParDo(_WriteShardFn)       extract.write_shard: one whole shard, its
+    | ParDo(_WriteShardFn)       shards.write_shard: one whole shard, its
                                  .tfrecord and .json renamed into place
 
 One DoFn call writes one shard with the code the local runner uses
-(`extract.write_shard`: the same files in the same order, the same front-end
+(`shards.write_shard`: the same files in the same order, the same front-end
 batches), so shards, summaries and manifest are byte-identical to a local
 run, and bad files are reported in the same way. The unit of parallelism is
 the shard: ask for a few times as many --num_shards as workers.
@@ -53,11 +54,14 @@ import apache_beam as beam
 from apache_beam.options import pipeline_options as beam_options
 from apache_beam.runners import runner as beam_runner
 
-from triplet_audio.features import extract
+from triplet_audio.features import inputs
+from triplet_audio.features import local_runner
 from triplet_audio.features import records
+from triplet_audio.features import shards
 
 METRICS_NAMESPACE = "triplet_audio.features.extract"
-"""Namespace of the Beam metrics (counters) the shard writers report."""
+"""Namespace of the Beam metrics (counters) the shard writers report (kept
+from before the runners had modules of their own: dashboards use it)."""
 
 _PLAN_PREFIX = ".beam-plan-"
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -68,7 +72,7 @@ _DATAFLOW_EXTRA = "pip install 'triplet-audio[dataflow]'"
 
 
 def task_to_json(task):
-    """One line of the plan file: an `extract.ShardTask` as JSON."""
+    """One line of the plan file: an `shards.ShardTask` as JSON."""
     return json.dumps({
         "index": task.index,
         "num_shards": task.num_shards,
@@ -81,11 +85,11 @@ def task_to_json(task):
 
 
 def task_from_json(line):
-    """The `extract.ShardTask` of a plan line (inverse of `task_to_json`)."""
+    """The `shards.ShardTask` of a plan line (inverse of `task_to_json`)."""
     d = json.loads(line)
-    items = tuple(extract.InputItem(path, rid, tuple(labels), split)
+    items = tuple(inputs.InputItem(path, rid, tuple(labels), split)
                   for path, rid, labels, split in d["items"])
-    return extract.ShardTask(
+    return shards.ShardTask(
         index=d["index"], num_shards=d["num_shards"], items=items,
         pad_short=d["pad_short"], output_dir=d["output_dir"],
         fingerprint=d["fingerprint"])
@@ -123,8 +127,8 @@ class _WriteShardFn(beam.DoFn):
         self._files = {
             status: beam.metrics.Metrics.counter(METRICS_NAMESPACE,
                                                  "files_" + status)
-            for status in (extract.STATUS_OK, extract.STATUS_FAILED,
-                           extract.STATUS_SKIPPED)}
+            for status in (shards.STATUS_OK, shards.STATUS_FAILED,
+                           shards.STATUS_SKIPPED)}
         self._audio_ms = beam.metrics.Metrics.counter(METRICS_NAMESPACE,
                                                       "audio_milliseconds")
         self._shards = beam.metrics.Metrics.counter(METRICS_NAMESPACE,
@@ -141,7 +145,7 @@ class _WriteShardFn(beam.DoFn):
         suffix = ".%s%s" % (uuid.uuid4().hex, records.TEMP_SUFFIX)
         start = time.monotonic()
         try:
-            summary = extract.write_shard(task, progress=self._count,
+            summary = shards.write_shard(task, progress=self._count,
                                           temp_suffix=suffix)
         except BaseException:
             _remove_quietly([task.shard_path + suffix,
@@ -170,7 +174,7 @@ def _parse_options(options, **kwargs):
             return options.get_all_options(**kwargs)
     except SystemExit as e:
         lines = stderr.getvalue().strip().splitlines() or ["unparsable"]
-        raise extract.ExtractError("beam_pipeline_options: %s" % (
+        raise inputs.ExtractError("beam_pipeline_options: %s" % (
             lines[-1].split("error: ", 1)[-1])) from e
 
 
@@ -180,7 +184,7 @@ def _one_line(error):
 
 
 class BeamShardWriter:
-    """Writes `extract.ShardTask`s with a Beam pipeline (see module doc).
+    """Writes `shards.ShardTask`s with a Beam pipeline (see module doc).
 
     Everything about the runner that can be checked before any output is
     written is checked on construction.
@@ -193,29 +197,29 @@ class BeamShardWriter:
           config: `extract.ExtractConfig` whose `runner` is not 'local'.
 
         Raises:
-          extract.ExtractError: naming the field, for an unknown runner,
+          inputs.ExtractError: naming the field, for an unknown runner,
             options Beam rejects, or a URL where a path is needed.
         """
         for name in ("input", "output_dir"):
             value = getattr(config, name)
             if _URL.match(value):
-                raise extract.ExtractError(
+                raise inputs.ExtractError(
                     "%s: %r: Beam runners read and write through paths that "
                     "every worker mounts (NFS, gcsfuse, ...), not URLs" %
                     (name, value))
         for option in config.beam_pipeline_options:
             if option.split("=", 1)[0] == "--runner":
-                raise extract.ExtractError(
+                raise inputs.ExtractError(
                     "beam_pipeline_options: give the runner with --runner, "
                     "not in --beam_pipeline_options")
         self.runner_name = config.runner
         try:
             runner = beam_runner.create_runner(config.runner)
         except (ValueError, ImportError, AttributeError) as e:
-            raise extract.ExtractError(
+            raise inputs.ExtractError(
                 "runner: %r is neither %r nor a Beam runner (%s, or the "
                 "module.Class of a PipelineRunner): %s" % (
-                    config.runner, extract.LOCAL_RUNNER,
+                    config.runner, local_runner.LOCAL_RUNNER,
                     ", ".join(beam_options.StandardOptions.KNOWN_RUNNER_NAMES),
                     _one_line(e))) from e
         if "dataflow" in type(runner).__name__.lower():
@@ -225,7 +229,7 @@ class BeamShardWriter:
                 importlib.import_module(
                     "apache_beam.runners.dataflow.internal.apiclient")
             except ImportError as e:
-                raise extract.ExtractError(
+                raise inputs.ExtractError(
                     "runner: %s needs Beam's Google Cloud extras: %s" %
                     (config.runner, _DATAFLOW_EXTRA)) from e
         options = beam_options.PipelineOptions(
@@ -245,7 +249,7 @@ class BeamShardWriter:
             # for the runner (Dataflow: project, region, temp_location, ...).
             beam.Pipeline(runner=runner, options=options)
         except ValueError as e:
-            raise extract.ExtractError(
+            raise inputs.ExtractError(
                 "beam_pipeline_options: %s rejects them: %s" %
                 (config.runner, _one_line(e))) from e
         self._runner = runner
@@ -255,14 +259,14 @@ class BeamShardWriter:
         """Runs one Beam job that writes `tasks`; returns their summaries.
 
         Args:
-          tasks: the `extract.ShardTask`s to write (none already committed).
+          tasks: the `shards.ShardTask`s to write (none already committed).
 
         Returns:
           {task index: summary dict}, read back from the committed shards'
           summaries in the output directory.
 
         Raises:
-          extract.RunnerError: the job failed, or finished without
+          shards.RunnerError: the job failed, or finished without
             committing every shard where this process can see it.
         """
         if not tasks:
@@ -288,13 +292,13 @@ class BeamShardWriter:
                 _remove_quietly(_attempt_leftovers(task))
         summaries, missing = {}, []
         for task in tasks:
-            summary = extract.load_finished_shard(task)
+            summary = shards.load_finished_shard(task)
             if summary is None:
                 missing.append(os.path.basename(task.shard_path))
             else:
                 summaries[task.index] = summary
         if missing:
-            raise extract.RunnerError(
+            raise shards.RunnerError(
                 "runner: the %s job finished, but %d of %d shards are not in "
                 "%s (%s%s): the workers must see --input and --output_dir at "
                 "the same paths as this machine" % (
@@ -318,11 +322,11 @@ class BeamShardWriter:
             # caller reports one line; the traceback is for whoever digs.
             logging.warning("the %s job failed", self.runner_name,
                             exc_info=True)
-            raise extract.RunnerError("runner: the %s job failed: %s" % (
+            raise shards.RunnerError("runner: the %s job failed: %s" % (
                 self.runner_name, _one_line(e))) from e
         state = state or result.state
         if state != beam_runner.PipelineState.DONE:
-            raise extract.RunnerError("runner: the %s job ended %s" % (
+            raise shards.RunnerError("runner: the %s job ended %s" % (
                 self.runner_name, state))
         logging.info("the %s job took %.1f s", self.runner_name,
                      time.monotonic() - start)
