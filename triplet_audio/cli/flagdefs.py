@@ -10,7 +10,10 @@ Flag names follow the command-line contract in ../shared/DESIGN.md.
 
 from absl import flags
 
-from triplet_audio.features import audio_io
+from triplet_audio.config import corpus as corpus_config
+from triplet_audio.config import demo as demo_config
+from triplet_audio.config import evaluation as eval_config
+from triplet_audio.config import extract as extract_config
 from triplet_audio.config import fields
 from triplet_audio.config import options
 from triplet_audio.config import sampling as sampling_config
@@ -38,45 +41,8 @@ def _once(fn):
 
 @_once
 def define_extract_flags():
-    """Flags of bin/extract_features."""
-    # --input and --output_dir are shared with other binaries' groups; a
-    # process (e.g. a test) may define several groups.
-    _define_if_missing(
-        flags.DEFINE_string, "input", None,
-        "Audio to extract: a directory (searched recursively), a glob, or a "
-        "CSV with columns path,labels[,split] (labels ';'-separated class "
-        "names; relative paths are relative to the CSV).")
-    _define_if_missing(
-        flags.DEFINE_string, "output_dir", None,
-        "Corpus directory to write shards and manifest.json to.")
-    _define_if_missing(
-        flags.DEFINE_integer, "num_shards", 8, "Number of TFRecord shards.",
-        lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_integer, "workers", 0,
-        "Worker processes; 0 uses every core.", lower_bound=0)
-    _define_if_missing(
-        flags.DEFINE_boolean, "strict", False,
-        "Exit non-zero if any input file fails (default: only if none "
-        "succeed).")
-    _define_if_missing(
-        flags.DEFINE_boolean, "pad_short", True,
-        "Zero-pad clips shorter than one 0.96 s window to one window; "
-        "--nopad_short drops them instead.")
-    _define_if_missing(
-        flags.DEFINE_string, "runner", "local",
-        "'local' (multiprocessing on this machine) or an Apache Beam runner "
-        "name (DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, ...; "
-        "needs pip install 'triplet-audio[beam]').")
-    _define_if_missing(
-        flags.DEFINE_list, "beam_pipeline_options", [],
-        "Beam pipeline options for a Beam --runner, comma-separated, e.g. "
-        "'--project=P,--region=R,--temp_location=gs://B/tmp,"
-        "--setup_file=./setup.py'. Quote an item that holds a comma "
-        "(CSV rules).")
-    _define_if_missing(
-        flags.DEFINE_string, "extensions", ",".join(audio_io.AUDIO_EXTENSIONS),
-        "Comma-separated file extensions picked up from a directory input.")
+    """Flags of bin/extract_features: `ExtractConfig`'s."""
+    fields.define_flags(extract_config.ExtractConfig)
 
 
 # --------------------------------------------------------------- training
@@ -138,7 +104,7 @@ def define_embed_flags():
 
 @_once
 def define_evaluate_flags():
-    """Flags of bin/evaluate."""
+    """Flags of bin/evaluate: the paths, and `EvaluationConfig`'s settings."""
     _define_if_missing(
         flags.DEFINE_string, "train", None,
         "(Required.) Embeddings of the labelled training "
@@ -157,40 +123,9 @@ def define_evaluate_flags():
         flags.DEFINE_string, "name", None,
         "Name of the representation in the report (default: "
         "from the embeddings file).")
-    _define_if_missing(
-        flags.DEFINE_integer, "eval_seed", 0,
-        "Seed of the QbE samples, classifier "
-        "initialisation and few-shot draws.")
-    _define_if_missing(
-        flags.DEFINE_integer, "qbe_num_pos", 100,
-        "QbE: segments sampled per class that have it.",
-        lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_integer, "qbe_num_neg", 100,
-        "QbE: segments sampled per class that do not have it.",
-        lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_integer, "qbe_min_count", 0,
-        "QbE: 0 is the paper's exact protocol (a class with fewer than "
-        "--qbe_num_pos positives or --qbe_num_neg negatives is skipped); N > 0 "
-        "keeps a class with at least N of each and uses all it has (small "
-        "corpora).", lower_bound=0)
-    _define_if_missing(
-        flags.DEFINE_integer, "classifier_epochs", 10,
-        "Training epochs of the 1x512 and 2x512 classifiers.",
-        lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_integer, "fewshot_epochs", 30,
-        "Training epochs of each few-shot classifier.",
-        lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_integer, "fewshot_per_class", 20,
-        "Few-shot: labelled segments per class per draw.",
-        lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_integer, "fewshot_draws", 3,
-        "Few-shot: number of random draws averaged.",
-        lower_bound=1)
+    # --eval_seed, --qbe_*, --classifier_epochs, --fewshot_*: defaults, help
+    # and bounds are the config's.
+    fields.define_flags(eval_config.EvaluationConfig)
 
 
 def export_args_from_flags():
@@ -209,53 +144,24 @@ def _define_if_missing(define, name, *args, **kwargs):
 
 @_once
 def define_corpus_flags():
-    """Flags of bin/make_corpus."""
-    _define_if_missing(
-        flags.DEFINE_string, "output_dir", None,
-        "Directory to write the corpus to: audio/{train,eval}/*.wav, "
-        "labels.csv, train.csv, eval.csv and corpus.json.")
-    _define_if_missing(
-        flags.DEFINE_integer, "num_train", 240, "Training recordings.",
-        lower_bound=0)
-    _define_if_missing(
-        flags.DEFINE_integer, "num_eval", 120, "Evaluation recordings.",
-        lower_bound=0)
-    _define_if_missing(
-        flags.DEFINE_integer, "seed", 0,
-        "Corpus seed; the same seed writes identical files.",
-        lower_bound=0)
-    _define_if_missing(
-        flags.DEFINE_float, "duration_s", 10.0,
-        "Length of every recording (s).")
-    _define_if_missing(
-        flags.DEFINE_integer, "num_classes", 0,
-        "Use only the first N sound classes of the synthetic vocabulary; 0 "
-        "uses all of them.", lower_bound=0)
-    _define_if_missing(
-        flags.DEFINE_integer, "workers", 1,
-        "Worker processes; 0 uses every core.", lower_bound=0)
+    """Flags of bin/make_corpus: `CorpusConfig`'s settings."""
+    # --output_dir, --workers and --seed are shared with other groups; a
+    # process (e.g. a test) may define several (the first definition wins).
+    fields.define_flags(corpus_config.CorpusConfig)
 
 
 def corpus_config_from_flags():
     """Keyword arguments of `synthetic.generate_corpus` from the parsed flags.
 
     Returns:
-      dict of the validated `synthetic.CorpusConfig` fields.
+      dict of the validated `CorpusConfig` fields.
 
     Raises:
       ValueError: on a missing --output_dir or inconsistent values.
     """
-    # Imported here so that binaries which never build a corpus do not load
-    # NumPy and soundfile just to define their flags.
     import dataclasses  # pylint: disable=g-import-not-at-top
-    from triplet_audio.demo import synthetic  # pylint: disable=g-import-not-at-top
-    if not FLAGS.output_dir:
-        raise ValueError("--output_dir is required")
-    config = synthetic.CorpusConfig(
-        out_dir=FLAGS.output_dir, num_train=FLAGS.num_train,
-        num_eval=FLAGS.num_eval, seed=FLAGS.seed, duration_s=FLAGS.duration_s,
-        num_classes=FLAGS.num_classes or None, workers=FLAGS.workers)
-    return dataclasses.asdict(config)
+    config = fields.config_from_flags(corpus_config.CorpusConfig)
+    return dataclasses.asdict(config.require_out_dir())
 
 
 # --------------------------------------------------------------- samplers
@@ -281,28 +187,12 @@ def sampler_config_from_flags():
 
 
 def extract_config_from_flags():
-    """Builds the validated extraction config from the extract flags.
-
-    Returns:
-      `extract.ExtractConfig`.
+    """Builds the validated `ExtractConfig` from the parsed flags.
 
     Raises:
-      ValueError: naming the offending flag (config fields are named after
-        the flags).
+      ValueError: naming the flag of an invalid value.
     """
-    # Imported here: every binary imports this module, and only extraction
-    # should pay for TensorFlow and the audio libraries.
-    from triplet_audio.features import extract  # pylint: disable=g-import-not-at-top
-    return extract.ExtractConfig(
-        input=FLAGS.input,
-        output_dir=FLAGS.output_dir,
-        num_shards=FLAGS.num_shards,
-        workers=FLAGS.workers,
-        strict=FLAGS.strict,
-        pad_short=FLAGS.pad_short,
-        extensions=FLAGS.extensions,
-        runner=FLAGS.runner,
-        beam_pipeline_options=tuple(FLAGS.beam_pipeline_options))
+    return fields.config_from_flags(extract_config.ExtractConfig)
 
 
 # ------------------------------------------------------- embed / evaluate
@@ -332,7 +222,7 @@ def evaluate_args_from_flags():
 
     Returns:
       dict with train_path, eval_path, output_dir, name and config (a
-      validated `metrics.EvaluationConfig`).
+      validated `EvaluationConfig`).
 
     Raises:
       ValueError: naming the flag when a required one is missing or a value
@@ -341,18 +231,7 @@ def evaluate_args_from_flags():
     for name in ("train", "eval", "output_dir"):
         if not getattr(FLAGS, name):
             raise ValueError("--%s is required" % name)
-    # Imported here: evaluation loads TensorFlow, Keras and scikit-learn,
-    # which --help and flag errors should not wait for.
-    from triplet_audio.evaluation import metrics  # pylint: disable=g-import-not-at-top
-    config = metrics.EvaluationConfig(
-        seed=FLAGS.eval_seed,
-        qbe_num_pos=FLAGS.qbe_num_pos,
-        qbe_num_neg=FLAGS.qbe_num_neg,
-        qbe_min_count=FLAGS.qbe_min_count or None,
-        epochs=FLAGS.classifier_epochs,
-        fewshot_epochs=FLAGS.fewshot_epochs,
-        fewshot_per_class=FLAGS.fewshot_per_class,
-        fewshot_draws=FLAGS.fewshot_draws)
+    config = fields.config_from_flags(eval_config.EvaluationConfig)
     return {"train_path": FLAGS.train, "eval_path": FLAGS.eval,
             "output_dir": FLAGS.output_dir, "name": FLAGS.name,
             "config": config}
@@ -370,149 +249,31 @@ def train_config_from_flags():
 # ------------------------------------------------------------------- demo
 @_once
 def define_demo_flags():
-    """Flags of bin/demo (sizes and evaluation settings of the demo)."""
-    # Defaults come from the config dataclass, their one home. demo is light
-    # (no TensorFlow): it runs the other binaries as subprocesses.
-    import dataclasses  # pylint: disable=g-import-not-at-top
-    from triplet_audio.demo import runner  # pylint: disable=g-import-not-at-top
-    default = {f.name: f.default for f in dataclasses.fields(runner.DemoConfig)
-               if f.default is not dataclasses.MISSING}
-    # Names shared with bin/make_corpus, bin/extract_features and
-    # bin/evaluate mean the same there and are passed on unchanged; a process
-    # (e.g. a test) may define several groups.
+    """Flags of bin/demo: `DemoConfig`'s, its corpus and evaluation parts'
+    included (the flags of bin/make_corpus and bin/evaluate, unchanged)."""
+    # demo is light (no TensorFlow): it runs the other binaries as
+    # subprocesses. Names shared with other groups mean the same there; a
+    # process (e.g. a test) may define several groups.
+    fields.define_flags(demo_config.DemoConfig,
+                        exclude=demo_config.FLAG_EXCLUDE)
+    # Repeatable, which fields does not define.
     _define_if_missing(
-        flags.DEFINE_string, "output_dir", None,
-        "(Required.) Run directory of the demo: corpus, features, runs, "
-        "exports, embeddings, evaluations, logs and the final report.")
-    _define_if_missing(
-        flags.DEFINE_list, "samplers", list(default["samplers"]),
-        "Training runs, comma-separated, of: %s. 'supervised' is the "
-        "topline of the recovery columns; the log-mel baseline is always "
-        "evaluated." % ", ".join(runner.ALL_RUNS))
-    _define_if_missing(
-        flags.DEFINE_string, "train_flagfile", default["train_flagfile"],
-        "Flag file of every bin/train run (model, steps, batch, optimizer); "
-        "relative paths are relative to the working directory.")
-    _define_if_missing(
-        flags.DEFINE_multi_string, "train_flag", list(default["train_flags"]),
-        "Extra flag for every bin/train run, after --train_flagfile so it "
-        "wins (repeatable), e.g. --train_flag=--steps=20000 "
-        "--train_flag=--model=resnet50.")
-    _define_if_missing(
-        flags.DEFINE_integer, "num_train",
-        default["num_train"], "Training recordings.",
-        lower_bound=0)
-    _define_if_missing(
-        flags.DEFINE_integer, "num_eval", default["num_eval"],
-        "Evaluation recordings.", lower_bound=0)
-    _define_if_missing(
-        flags.DEFINE_float, "duration_s",
-        default["duration_s"],
-        "Length of every recording (s).")
-    _define_if_missing(
-        flags.DEFINE_integer, "num_classes", default["num_classes"],
-        "Use only the first N sound classes of the synthetic vocabulary; 0 "
-        "uses all of them.", lower_bound=0)
-    _define_if_missing(
-        flags.DEFINE_integer, "seed", default["seed"],
-        "Corpus seed (training seeds come from the training "
-        "flag file).", lower_bound=0)
-    _define_if_missing(
-        flags.DEFINE_integer, "num_shards",
-        default["num_shards"],
-        "TFRecord shards of each extracted split.",
-        lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_integer, "workers", default["workers"],
-        "Worker processes of corpus generation and feature "
-        "extraction; 0 uses every core.", lower_bound=0)
-    _define_if_missing(
-        flags.DEFINE_integer, "eval_seed",
-        default["eval_seed"],
-        "Seed of the QbE samples, classifier initialisation "
-        "and few-shot draws.")
-    _define_if_missing(
-        flags.DEFINE_integer, "qbe_num_pos",
-        default["qbe_num_pos"],
-        "QbE: segments sampled per class that have it.",
-        lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_integer, "qbe_num_neg",
-        default["qbe_num_neg"],
-        "QbE: segments sampled per class that do not have it.",
-        lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_integer, "qbe_min_count", default["qbe_min_count"],
-        "QbE: 0 is the paper's exact protocol; N > 0 keeps a class with at "
-        "least N positives and negatives and uses all it has (small "
-        "corpora).", lower_bound=0)
-    _define_if_missing(
-        flags.DEFINE_integer, "classifier_epochs",
-        default["classifier_epochs"],
-        "Training epochs of the 1x512 and 2x512 classifiers.",
-        lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_integer, "fewshot_epochs",
-        default["fewshot_epochs"],
-        "Training epochs of each few-shot classifier.",
-        lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_integer, "fewshot_per_class",
-        default["fewshot_per_class"],
-        "Few-shot: labelled segments per class per draw.",
-        lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_integer, "fewshot_draws",
-        default["fewshot_draws"],
-        "Few-shot: number of random draws averaged.",
-        lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_float, "progress_every", default["progress_every"],
-        "Seconds between progress lines of a running stage.",
-        lower_bound=1.0)
-    _define_if_missing(
-        flags.DEFINE_integer, "jobs", default["jobs"],
-        "Stages run at the same time, each as soon as its inputs are "
-        "complete; 2 keeps both cores of a small CPU busy while one stage "
-        "waits on Python or start-up.", lower_bound=1)
-    _define_if_missing(
-        flags.DEFINE_boolean, "dry_run", default["dry_run"],
-        "Only list the stages and their commands; run and "
-        "write nothing.")
+        flags.DEFINE_multi_string, "train_flag",
+        list(demo_config.DemoConfig().train_flags),
+        fields.help_of(demo_config.DemoConfig, "train_flags"))
 
 
 def demo_config_from_flags():
-    """Builds the validated `runner.DemoConfig` from the parsed flags.
+    """Builds the validated `DemoConfig` from the parsed flags.
 
     Raises:
       ValueError: naming the flag when a value is missing or invalid.
     """
-    from triplet_audio.demo import runner  # pylint: disable=g-import-not-at-top
     if not FLAGS.output_dir:
         raise ValueError("--output_dir is required")
-    config = runner.DemoConfig(
-        output_dir=FLAGS.output_dir,
-        samplers=tuple(FLAGS.samplers),
-        train_flagfile=FLAGS.train_flagfile,
-        train_flags=tuple(FLAGS.train_flag),
-        num_train=FLAGS.num_train,
-        num_eval=FLAGS.num_eval,
-        duration_s=FLAGS.duration_s,
-        num_classes=FLAGS.num_classes,
-        seed=FLAGS.seed,
-        num_shards=FLAGS.num_shards,
-        workers=FLAGS.workers,
-        eval_seed=FLAGS.eval_seed,
-        qbe_num_pos=FLAGS.qbe_num_pos,
-        qbe_num_neg=FLAGS.qbe_num_neg,
-        qbe_min_count=FLAGS.qbe_min_count,
-        classifier_epochs=FLAGS.classifier_epochs,
-        fewshot_epochs=FLAGS.fewshot_epochs,
-        fewshot_per_class=FLAGS.fewshot_per_class,
-        fewshot_draws=FLAGS.fewshot_draws,
-        progress_every=FLAGS.progress_every,
-        jobs=FLAGS.jobs,
-        dry_run=FLAGS.dry_run)
+    config = fields.config_from_flags(
+        demo_config.DemoConfig, exclude=demo_config.FLAG_EXCLUDE,
+        train_flags=tuple(FLAGS.train_flag))
     return config.validate()
 
 

@@ -50,3 +50,12 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 MINING = ("local", "global")
 """Where the semi-hard miner looks for negatives: each replica's share of the
 batch, or the whole global batch (all-gathered)."""
+
+AUDIO_EXTENSIONS = ("wav", "flac", "ogg", "oga", "mp3", "aiff", "aif", "au",
+                    "caf", "w64", "rf64")
+"""File extensions of the formats libsndfile reads (`features.audio_io`),
+lower case without the dot: what a directory input picks up by default."""
+
+LOCAL_RUNNER = "local"
+"""The extraction runner of worker processes on this machine; any other
+`--runner` names an Apache Beam runner."""

@@ -32,6 +32,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from triplet_audio.config import options
 from triplet_audio import constants as C
 
 KIND_UNREADABLE = "unreadable"
@@ -58,9 +59,8 @@ RESAMPLE_QUALITY = "HQ"
 """soxr quality: 'HQ' is 20-bit precision with a steep band-limiting filter,
 far below the log(mel + 0.01) floor; 'VHQ' costs more for no visible change."""
 
-AUDIO_EXTENSIONS = ("wav", "flac", "ogg", "oga", "mp3", "aiff", "aif", "au",
-                    "caf", "w64", "rf64")
-"""File extensions of the formats above, lower case without the dot."""
+AUDIO_EXTENSIONS = options.AUDIO_EXTENSIONS
+"""File extensions of the formats above (their home: config/options.py)."""
 
 # libsndfile clamps a too-large chunk size to what the file holds and notes it
 # in its log as e.g. "data : 16000 (should be 7978)"; that note is the only

@@ -25,105 +25,27 @@ that depends on timing, worker count or runner, so a resumed run is
 byte-identical to an uninterrupted one.
 """
 
-import dataclasses
 from concurrent.futures import process as futures_process
 import os
 import time
 
 from absl import logging
-import numpy as np
 
 from triplet_audio import constants as C
+from triplet_audio.config import extract as extract_config
 from triplet_audio.config import jsonio
-from triplet_audio.features import audio_io
+from triplet_audio.config import options
 from triplet_audio.features import inputs
 from triplet_audio.features import local_runner
 from triplet_audio.features import records
 from triplet_audio.features import shards
 
-LOCAL_RUNNER = local_runner.LOCAL_RUNNER
+LOCAL_RUNNER = options.LOCAL_RUNNER
 PROGRESS_SECONDS = local_runner.PROGRESS_SECONDS
 
 
-@dataclasses.dataclass(frozen=True)
-class ExtractConfig:
-    """What to extract and how; validated on construction.
-
-    Field names are the flag names of bin/extract_features, so a ValueError
-    naming a field names the flag too.
-
-    Attributes:
-      input: a directory (searched recursively for `extensions`), a glob, or
-        a CSV file `path,labels[,split]` (labels ';'-separated class names,
-        header row optional, relative paths relative to the CSV).
-      output_dir: corpus directory for shards, summaries and manifest.json.
-      num_shards: number of TFRecord shards (>= 1).
-      workers: worker processes; 0 means one per CPU core.
-      strict: whether any failed file makes the run fail (see `exit_code`).
-      pad_short: zero-pad clips shorter than one window to one window
-        (True) or skip them (False).
-      extensions: file extensions picked up from a directory input, lower
-        case without dots; a comma-separated string is accepted.
-      runner: 'local' (worker processes on this machine), or the name of an
-        Apache Beam runner (DirectRunner, DataflowRunner, FlinkRunner,
-        SparkRunner, ...; needs the `beam` extra, see `extract_beam`).
-      beam_pipeline_options: Beam pipeline options for a Beam runner, each
-        '--name=value' (or '--flag'); a comma-separated string is accepted.
-        Must be empty for the local runner.
-    """
-
-    input: str
-    output_dir: str
-    num_shards: int = 8
-    workers: int = 0
-    strict: bool = False
-    pad_short: bool = True
-    extensions: tuple = audio_io.AUDIO_EXTENSIONS
-    runner: str = LOCAL_RUNNER
-    beam_pipeline_options: tuple = ()
-
-    def __post_init__(self):
-        for name in ("input", "output_dir", "runner"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError("%s: must be a non-empty string, got %r" %
-                                 (name, value))
-        for name, lowest in (("num_shards", 1), ("workers", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(
-                    value, (int, np.integer)) or value < lowest:
-                raise ValueError("%s: must be an integer >= %d, got %r" %
-                                 (name, lowest, value))
-        extensions = self.extensions
-        if isinstance(extensions, str):
-            extensions = extensions.split(",")
-        extensions = tuple(e.strip().lstrip(".").lower() for e in extensions
-                           if e.strip().lstrip("."))
-        if not extensions:
-            raise ValueError("extensions: need at least one file extension, "
-                             "got %r" % (self.extensions,))
-        options = self.beam_pipeline_options
-        if isinstance(options, str):
-            options = options.split(",")
-        options = tuple(o.strip() for o in options if o.strip())
-        for option in options:
-            if not option.startswith("--"):
-                raise ValueError("beam_pipeline_options: expected "
-                                 "--name=value items, got %r" % option)
-        if options and self.runner == LOCAL_RUNNER:
-            # Most likely a forgotten --runner: say so rather than ignore them.
-            raise ValueError("beam_pipeline_options: only used with a Beam "
-                             "--runner, not %r" % LOCAL_RUNNER)
-        # Frozen dataclass: normalised values are set through object.
-        object.__setattr__(self, "beam_pipeline_options", options)
-        object.__setattr__(self, "extensions", extensions)
-        object.__setattr__(self, "num_shards", int(self.num_shards))
-        object.__setattr__(self, "workers", int(self.workers))
-
-    @property
-    def resolved_workers(self):
-        """`workers`, with 0 replaced by the number of CPU cores."""
-        return self.workers or os.cpu_count() or 1
+# The configuration's home is config/extract.py (no TensorFlow).
+ExtractConfig = extract_config.ExtractConfig
 
 
 # ----------------------------------------------------------------- run ---

@@ -15,9 +15,10 @@ import time
 from absl import logging
 import tensorflow as tf
 
+from triplet_audio.config import options
 from triplet_audio.features import shards
 
-LOCAL_RUNNER = "local"
+LOCAL_RUNNER = options.LOCAL_RUNNER
 """The runner name (`--runner`) of this runner; any other names Beam's."""
 
 PROGRESS_SECONDS = 5.0
