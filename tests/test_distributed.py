@@ -28,6 +28,7 @@ import pytest
 import tensorflow as tf
 
 from triplet_audio.model import losses
+from triplet_audio.training import run_dir
 from triplet_audio.training import trainer
 
 import test_training  # pylint: disable=g-bad-import-order
@@ -92,7 +93,7 @@ def test_validate_names_the_invalid_field(field, overrides):
 def test_distributed_fields_round_trip(tmp_path):
     config = make_config("/data/corpus", str(tmp_path), strategy="mirrored",
                          mining="global", cpu_replicas=2)
-    trainer.jsonio.write_config(str(tmp_path), config)
+    run_dir.write_config(str(tmp_path), config)
     assert trainer.load_config(str(tmp_path)) == config
     assert make_config("/c", "/m").mining == "local"
 
@@ -128,6 +129,7 @@ _MINING_SCRIPT = textwrap.dedent("""
     from triplet_audio.model import losses
     from triplet_audio.model import models
     from triplet_audio.sampling import pipeline
+    from triplet_audio.training import train_step
     from triplet_audio.training import trainer
 
     B, D = 24, 8
@@ -153,7 +155,7 @@ _MINING_SCRIPT = textwrap.dedent("""
         # the gradient the optimizer received, after the replicas' sum.
         model, optimizer = build(strategy, config)
         before = [w.numpy() for w in model.trainable_variables]
-        step = trainer.make_train_step(config, strategy, model, optimizer)
+        step = train_step.make_train_step(config, strategy, model, optimizer)
         data = tf.data.Dataset.from_tensor_slices((windows, labels)).batch(B)
         if strategy is not one_device:
             # Splits the batch in contiguous halves: replica 0 the first.

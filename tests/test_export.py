@@ -15,11 +15,16 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from triplet_audio import constants as C
+from triplet_audio.config import jsonio
+from triplet_audio.config import sampling
+from triplet_audio.config import training as train_config
 from triplet_audio.serving import export
 from triplet_audio.features import frontend
 from triplet_audio.model import models
+from triplet_audio.training import run_dir
 
 ATOL = 1e-5
 
@@ -240,3 +245,45 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
     assert export.load_metadata(export_dir)["embedding_size"] == 16
     assert not os.path.exists(os.path.join(
         export_dir, export.SAVED_MODEL_SUBDIR + ".incomplete"))
+
+
+def test_export_run_restores_the_run_directory_s_checkpoint(tmp_path):
+    # A run directory as training leaves it: config.json and a checkpoint of
+    # model and step (written here through run_dir, without training).
+    model_dir = str(tmp_path / "run")
+    config = train_config.TrainConfig(
+        train_data="/data/corpus", model_dir=model_dir,
+        sampler=sampling.SamplerConfig(sampler="noise"), model="small",
+        embedding_size=8, seed=3)
+    run_dir.write_config(model_dir, config)
+    model = models.build_model("small", embedding_size=8, seed=4)
+    step = tf.Variable(9, dtype=tf.int64)
+    tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model, step=step),
+        run_dir.checkpoint_dir(model_dir), max_to_keep=1).save(9)
+
+    export_dir = str(tmp_path / "export")
+    export.export_run(model_dir, export_dir)
+    meta = export.load_metadata(export_dir)
+    assert meta["step"] == 9
+    assert meta["embedding_size"] == 8
+    assert meta["training_config"] == jsonio.to_jsonable(config)
+    reloaded = keras.saving.load_model(
+        os.path.join(export_dir, export.KERAS_NAME))
+    logmel = np.random.default_rng(0).uniform(
+        -4.0, 2.0, (4,) + C.WINDOW_SHAPE).astype(np.float32)
+    # The checkpoint's weights (seed 4), not the config's seed 3.
+    np.testing.assert_allclose(np.asarray(reloaded(logmel, training=False)),
+                               np.asarray(model(logmel, training=False)),
+                               atol=ATOL, rtol=0)
+
+
+def test_export_run_without_a_checkpoint_says_so(tmp_path):
+    model_dir = str(tmp_path / "run")
+    run_dir.write_config(model_dir, train_config.TrainConfig(
+        train_data="/data/corpus", model_dir=model_dir,
+        sampler=sampling.SamplerConfig(sampler="noise"), model="small"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        export.export_run(model_dir, str(tmp_path / "export"))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        export.export_run(str(tmp_path / "empty"), str(tmp_path / "export"))

@@ -31,6 +31,9 @@ from triplet_audio.model import losses
 from triplet_audio.model import models
 from triplet_audio.sampling import pipeline
 from triplet_audio.features import records
+from triplet_audio.training import loop
+from triplet_audio.training import run_dir
+from triplet_audio.training import train_step
 from triplet_audio.training import trainer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,7 +119,7 @@ def make_config(corpus, model_dir, sampler="proximity", **kwargs):
 def summary_losses(model_dir):
     """Per-step training losses from the run's TensorBoard summaries."""
     by_step = {}
-    pattern = os.path.join(model_dir, trainer.SUMMARY_SUBDIR, "events.*")
+    pattern = os.path.join(model_dir, run_dir.SUMMARY_SUBDIR, "events.*")
     for path in sorted(glob.glob(pattern)):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
@@ -129,7 +132,7 @@ def summary_losses(model_dir):
 def checkpoint_step(model_dir):
     """Step of the latest checkpoint in a run directory (None if none)."""
     latest = tf.train.latest_checkpoint(
-        os.path.join(model_dir, trainer.CHECKPOINT_SUBDIR))
+        os.path.join(model_dir, run_dir.CHECKPOINT_SUBDIR))
     return None if latest is None else int(latest.rsplit("-", 1)[1])
 
 
@@ -143,7 +146,7 @@ def file_digests(directory):
 
 
 def read_summary(model_dir):
-    with open(os.path.join(model_dir, trainer.SUMMARY_NAME)) as f:
+    with open(os.path.join(model_dir, run_dir.SUMMARY_NAME)) as f:
         return json.load(f)
 
 
@@ -233,7 +236,7 @@ def fixture_trained(corpus, tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("trained"))
     config = make_config(corpus, model_dir, "proximity", steps=4)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(trainer.models, "build_model", build_and_keep)
+        patch.setattr(models, "build_model", build_and_keep)
         trainer.train(config)
     assert len(built) == 1
     return config, built[0]
@@ -258,7 +261,7 @@ def test_restore_model_returns_the_checkpoint_weights(trained):
 
 def test_rerun_of_a_finished_run_does_nothing(trained):
     config, _ = trained
-    ckpt_dir = os.path.join(config.model_dir, trainer.CHECKPOINT_SUBDIR)
+    ckpt_dir = os.path.join(config.model_dir, run_dir.CHECKPOINT_SUBDIR)
     digests = file_digests(ckpt_dir)
     before = read_summary(config.model_dir)
     assert before["metrics"]["loss"] >= 0
@@ -330,12 +333,12 @@ def test_stop_and_resume_continues_the_optimizer_exactly(corpus, tmp_path,
                                                     seed=0)))
     fixed = tf.nest.map_structure(lambda t: t.numpy(), fixed)
     monkeypatch.setattr(
-        trainer.pipeline, "make_triplet_dataset",
+        pipeline, "make_triplet_dataset",
         lambda *args, **kwargs: tf.data.Dataset.from_tensors(fixed).repeat())
 
     runs = []  # One per train() call: its optimizer, model and trace.
     run_stop_at = [None]  # Step at which the next train() call is stopped.
-    real_make_train_step = trainer.make_train_step
+    real_make_train_step = train_step.make_train_step
 
     def recording_train_step(config, strategy, model, optimizer,
                              step_var=None, bad_step=None):
@@ -357,12 +360,12 @@ def test_stop_and_resume_continues_the_optimizer_exactly(corpus, tmp_path,
                 # `train` installed.
                 handler = signal.getsignal(signal.SIGTERM)
                 assert isinstance(getattr(handler, "__self__", None),
-                                  trainer._StopFlag), handler
+                                  loop.StopFlag), handler
                 handler(signal.SIGTERM, None)
             return out
         return step
 
-    monkeypatch.setattr(trainer, "make_train_step", recording_train_step)
+    monkeypatch.setattr(train_step, "make_train_step", recording_train_step)
 
     def config(name):
         return make_config(corpus, tmp_path / name, steps=steps,
@@ -419,7 +422,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(
         corpus, tmp_path, monkeypatch):
     model_dir = str(tmp_path / "run")
     trainer.train(make_config(corpus, model_dir, steps=3, checkpoint_every=3))
-    ckpt_dir = os.path.join(model_dir, trainer.CHECKPOINT_SUBDIR)
+    ckpt_dir = os.path.join(model_dir, run_dir.CHECKPOINT_SUBDIR)
     good = file_digests(ckpt_dir)
     assert checkpoint_step(model_dir) == 3
 
@@ -436,7 +439,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(
         return loss * tf.where(n >= 2, math.nan, 1.0), stats
 
     monkeypatch.setattr(losses, "semi_hard_triplet_loss", diverging_loss)
-    with pytest.raises(trainer.NonFiniteLossError,
+    with pytest.raises(loop.NonFiniteLossError,
                        match=r"non-finite at step 5\b.*ckpt-3"):
         trainer.train(make_config(corpus, model_dir, steps=12,
                                    checkpoint_every=3))
@@ -557,7 +560,7 @@ def test_sigkill_then_rerun_resumes_at_the_saved_step(corpus, tmp_path):
             process.kill()
     saved = checkpoint_step(model_dir)
     assert 5 <= saved < steps
-    assert not os.path.exists(os.path.join(model_dir, trainer.SUMMARY_NAME))
+    assert not os.path.exists(os.path.join(model_dir, run_dir.SUMMARY_NAME))
 
     rerun = subprocess.run(command, cwd=REPO_ROOT, env=_env(),
                            capture_output=True, text=True,

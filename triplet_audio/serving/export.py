@@ -32,6 +32,7 @@ from triplet_audio.config import jsonio
 from triplet_audio import constants as C
 from triplet_audio.features import frontend
 from triplet_audio.model import models
+from triplet_audio.training import run_dir
 
 METADATA_NAME = "metadata.json"
 KERAS_NAME = "model.keras"
@@ -202,9 +203,7 @@ def export_saved_model(model, export_dir, training_config=None,
         "keras_model": KERAS_NAME,
         "training_config": jsonio.to_jsonable(training_config or {}),
     }
-    with open(os.path.join(export_dir, METADATA_NAME), "w") as f:
-        json.dump(metadata, f, indent=2, sort_keys=True)
-        f.write("\n")
+    jsonio.write_json(os.path.join(export_dir, METADATA_NAME), metadata)
     logging.info("exported %s (step %s) to %s", model.name, step, export_dir)
     return saved_dir
 
@@ -215,15 +214,17 @@ def export_run(model_dir, export_dir, overwrite=False):
     Reads the run's config.json, so nothing needs repeating.
 
     Args:
-      model_dir: a directory written by `trainer.train`.
+      model_dir: a run directory written by `trainer.train`.
       export_dir: output directory.
       overwrite: replace an existing export.
 
     Returns:
       path of the SavedModel directory.
+
+    Raises:
+      FileNotFoundError: if model_dir has no config.json or no checkpoint.
     """
-    from triplet_audio.training import trainer  # Late: training pulls the pipeline.
-    model, config, step = trainer.restore_model(model_dir)
+    model, config, step = run_dir.restore_model(model_dir)
     return export_saved_model(model, export_dir, training_config=config,
                               overwrite=overwrite, step=step)
 
