@@ -15,6 +15,43 @@ from triplet_audio.config import service
 
 
 
+def triplets_per_batch(batch_size, replicas=1):
+    """Triplets per replica in a batch of `batch_size` windows: its one check.
+
+    The loss mines negatives within each replica's share of the batch, and
+    the batch layout interleaves triplets (anchor, positive, negative), so
+    every share must hold whole triplets.
+
+    Args:
+      batch_size: the global batch in windows.
+      replicas: replicas in sync sharing the batch.
+
+    Returns:
+      int k: each replica's share holds 3k windows.
+
+    Raises:
+      ValueError: naming --batch_size when it is not an integer, not a
+        positive multiple of 3, or does not split into whole triplets per
+        replica.
+    """
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size:
+        raise ValueError("--batch_size: must be an integer, got %r" %
+                         (batch_size,))
+    batch_size = int(batch_size)
+    if batch_size < 3 or batch_size % 3:
+        raise ValueError("--batch_size: must be a positive multiple of 3 "
+                         "(whole triplets), got %d" % batch_size)
+    per_replica = batch_size // replicas
+    if batch_size % replicas or per_replica < 3 or per_replica % 3:
+        raise ValueError(
+            "--batch_size: %d over %d replicas gives %s windows per replica, "
+            "not a positive multiple of 3 (whole triplets)" % (
+                batch_size, replicas, "%d" % per_replica
+                if batch_size % replicas == 0 else
+                "%.4g" % (batch_size / replicas)))
+    return per_replica // 3
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything that defines a training run (see each field's help).
@@ -142,9 +179,7 @@ class TrainConfig:
                     (", ".join(choices), getattr(self, name)))
         if self.embedding_size < 1:
             bad("embedding_size", "must be >= 1")
-        if self.batch_size < 3 or self.batch_size % 3:
-            bad("batch_size", "must be a positive multiple of 3 (whole "
-                "triplets), got %d" % self.batch_size)
+        triplets_per_batch(self.batch_size, self.cpu_replicas or 1)
         if self.margin < 0:
             bad("margin", "must be >= 0")
         if not self.learning_rate > 0:
@@ -168,10 +203,6 @@ class TrainConfig:
         if self.cpu_replicas and self.strategy != "mirrored":
             bad("cpu_replicas", "only with --strategy=mirrored (got "
                 "--strategy=%s)" % self.strategy)
-        if self.cpu_replicas and self.batch_size % (3 * self.cpu_replicas):
-            bad("batch_size", "%d is not a multiple of 3 x %d replicas "
-                "(--cpu_replicas): each replica needs whole triplets" %
-                (self.batch_size, self.cpu_replicas))
         self.sampler.validate()
         return self
 

@@ -16,7 +16,6 @@ Framing rules (documented once, here):
   * Window w of a recording starts at w * 0.96 s.
 """
 
-import numpy as np
 import tensorflow as tf
 
 from triplet_audio import constants as C

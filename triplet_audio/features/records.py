@@ -491,6 +491,19 @@ def load_corpus_manifest(corpus_dir):
     return manifest
 
 
+def corpus_classes(corpus_dir):
+    """The class vocabulary of a corpus (its manifest's), [] without one.
+
+    Args:
+      corpus_dir: as for `load_manifest`.
+
+    Raises:
+      FrontendMismatchError: as `load_corpus_manifest`.
+    """
+    manifest = load_corpus_manifest(corpus_dir) or {}
+    return [str(c) for c in manifest.get("classes", [])]
+
+
 class FrontendMismatchError(ValueError):
     """Data made with other front-end parameters than this code's."""
 

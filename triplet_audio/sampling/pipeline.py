@@ -59,6 +59,7 @@ import tensorflow as tf
 from triplet_audio.sampling import class_index
 from triplet_audio import constants as C
 from triplet_audio.config import sampling as sampling_config
+from triplet_audio.config import training as train_config
 from triplet_audio.features import records
 from triplet_audio.sampling import registry
 from triplet_audio.sampling import samplers
@@ -102,22 +103,9 @@ def triplets_per_batch(batch_size, input_context=None):
     Raises:
       ValueError: when the (per-replica) batch is not a positive multiple of 3.
     """
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size:
-        raise ValueError("--batch_size: must be an integer, got %r" %
-                         (batch_size,))
-    batch_size = int(batch_size)
-    if batch_size < 3 or batch_size % 3:
-        raise ValueError("--batch_size: must be a positive multiple of 3 "
-                         "(whole triplets), got %d" % batch_size)
-    if input_context is None:
-        return batch_size // 3
-    per_replica = input_context.get_per_replica_batch_size(batch_size)
-    if per_replica < 3 or per_replica % 3:
-        raise ValueError(
-            "--batch_size: %d over %d replicas gives %d windows per replica, "
-            "not a positive multiple of 3 (whole triplets)" %
-            (batch_size, input_context.num_replicas_in_sync, per_replica))
-    return per_replica // 3
+    replicas = 1 if input_context is None else (
+        input_context.num_replicas_in_sync)
+    return train_config.triplets_per_batch(batch_size, replicas)
 
 
 def _triplet_batch_to_windows(batch):
@@ -597,11 +585,7 @@ def _sampler_batches(name, config, file_pattern, seed, input_context,
 def _resolve_num_classes(file_pattern, num_classes):
     if num_classes:
         return int(num_classes)
-    try:
-        manifest = records.load_manifest(file_pattern)
-    except FileNotFoundError:
-        manifest = {}
-    n = len(manifest.get("classes", []))
+    n = len(records.corpus_classes(file_pattern))
     if not n:
         raise ValueError("--sampler=supervised needs num_classes or a corpus "
                          "manifest with a class vocabulary (%s)" % (file_pattern,))

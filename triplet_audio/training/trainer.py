@@ -37,18 +37,16 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-from triplet_audio.config import options
 from triplet_audio.config import training as train_config
 from triplet_audio.features import records
 from triplet_audio.model import models
 from triplet_audio.sampling import data_service
 from triplet_audio.sampling import pipeline
+from triplet_audio.sampling import registry
 from triplet_audio.training import loop
 from triplet_audio.training import run_dir
 from triplet_audio.training import train_step as train_step_lib
 
-MINING = options.MINING
-"""Values of TrainConfig.mining."""
 
 # Where they were before the split into modules (benchmarks and scripts use
 # these names).
@@ -173,15 +171,6 @@ def make_optimizer(config):
 
 
 # ------------------------------------------------------------------ set-up
-def _num_classes(train_data):
-    """Size of the corpus's class vocabulary (0 without a manifest)."""
-    try:
-        manifest = records.load_manifest(train_data)
-    except FileNotFoundError:
-        return 0
-    return len(manifest.get("classes", []))
-
-
 def _is_chief(strategy):
     """Whether this worker writes the run's files (one process: yes)."""
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -209,9 +198,8 @@ def check_whole_triplets_per_replica(batch_size, replicas):
     Raises:
       ValueError: naming --batch_size and the number of replicas.
     """
-    context = tf.distribute.InputContext(num_replicas_in_sync=replicas)
     try:
-        pipeline.triplets_per_batch(batch_size, context)
+        train_config.triplets_per_batch(batch_size, replicas)
     except ValueError:
         raise ValueError(
             "--batch_size=%d must be a multiple of 3 x %d replicas: each "
@@ -240,8 +228,9 @@ def prepare(config):
         incompatible model_dir or a batch that splits triplets.
     """
     config.validate()
-    if config.sampler.sampler == "supervised" and not config.num_classes:
-        config.num_classes = _num_classes(config.train_data)
+    if (registry.get(config.sampler.sampler).labels == "classes" and
+            not config.num_classes):
+        config.num_classes = len(records.corpus_classes(config.train_data))
         if not config.num_classes:
             raise ValueError("--sampler=supervised needs a labelled corpus: "
                              "%s has no class vocabulary in its manifest" %
