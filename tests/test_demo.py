@@ -1,4 +1,4 @@
-"""The one-command demo (triplet_audio/demo/runner.py, bin/demo).
+"""The one-command demo (triplet_audio/demo/runner.py and stages.py, bin/demo).
 
 Two layers: the stage bookkeeping (skip, resume, stale, failure, report) with
 a fake launcher that writes each stage's outputs instead of running it, in
@@ -14,9 +14,16 @@ import subprocess
 import sys
 import time
 
+from absl import flags
 import pytest
 
+from triplet_audio.config import corpus as corpus_config
+from triplet_audio.config import demo as demo_config
+from triplet_audio.config import evaluation as eval_config
+from triplet_audio.config import fields
+from triplet_audio.config import jsonio
 from triplet_audio.demo import runner
+from triplet_audio.demo import stages as stages_lib
 from triplet_audio.evaluation import metrics
 from triplet_audio.evaluation import report
 
@@ -124,7 +131,8 @@ def test_plan_has_every_stage_in_dependency_order(tmp_path, flagfile):
 
 def test_plan_passes_settings_to_the_binaries(tmp_path, flagfile):
     config = _config(tmp_path, flagfile, train_flags=("--steps=7",),
-                     qbe_min_count=12, num_eval=33).validate()
+                     evaluation=eval_config.EvaluationConfig(qbe_min_count=12),
+                     corpus=corpus_config.CorpusConfig(num_eval=33)).validate()
     by_name = {s.name: s for s in runner.plan_stages(config)}
     train = by_name["train_proximity"].args
     # Flag file first, overrides next, and sampler / paths last so that
@@ -147,14 +155,19 @@ def test_plan_passes_settings_to_the_binaries(tmp_path, flagfile):
     ("samplers", ("noise", "noise"), "--samplers: names a run twice"),
     ("samplers", (), "--samplers: name at least one"),
     ("train_flags", ("steps=3",), "--train_flag: 'steps=3' is not a flag"),
-    ("num_eval", 0, "--num_eval: must be >= 1"),
-    ("duration_s", float("nan"), "--duration_s"),
+    ("corpus.num_eval", 0, "--num_eval: must be >= 1"),
+    ("corpus.duration_s", float("nan"), "--duration_s"),
+    ("evaluation.qbe_num_pos", 0, "--qbe_num_pos: must be an integer >= 1"),
     ("output_dir", "", "--output_dir: required"),
 ])
 def test_config_rejects_bad_values(tmp_path, flagfile, field, value,
                                    message):
     config = _config(tmp_path, flagfile)
-    setattr(config, field, value)
+    *parts, name = field.split(".")
+    target = config
+    for part in parts:
+        target = getattr(target, part)
+    setattr(target, name, value)
     with pytest.raises(ValueError, match="^" + message.replace(
             "(", r"\(")):
         config.validate()
@@ -163,6 +176,86 @@ def test_config_rejects_bad_values(tmp_path, flagfile, field, value,
 def test_config_rejects_missing_flagfile(tmp_path):
     with pytest.raises(ValueError, match="--train_flagfile: no such file"):
         _config(tmp_path, str(tmp_path / "nope.cfg")).validate()
+
+
+def test_corpus_and_evaluation_settings_are_parts_not_restated():
+    # bin/demo's corpus and evaluation flags are those of bin/make_corpus and
+    # bin/evaluate: the same defaults, help and bounds, from the same fields.
+    demo_flags = flags.FlagValues()
+    fields.define_flags(demo_config.DemoConfig, demo_flags,
+                        exclude=demo_config.FLAG_EXCLUDE)
+    for part in (corpus_config.CorpusConfig, eval_config.EvaluationConfig):
+        part_flags = flags.FlagValues()
+        fields.define_flags(part, part_flags, exclude=("out_dir",))
+        for name in part_flags:
+            assert name in demo_flags, name
+            for attr in ("default", "help"):
+                assert getattr(demo_flags[name], attr) == getattr(
+                    part_flags[name], attr), (name, attr)
+    # The demo's output_dir is the run directory, not the corpus's.
+    assert "Run directory of the demo" in demo_flags["output_dir"].help
+    assert "train_flag" not in demo_flags  # Repeatable: flagdefs defines it.
+    demo_flags(["prog", "--output_dir=run"])
+    config = fields.config_from_flags(
+        demo_config.DemoConfig, demo_flags, exclude=demo_config.FLAG_EXCLUDE,
+        train_flags=())
+    assert config == demo_config.DemoConfig(output_dir="run")
+    assert config.corpus == corpus_config.CorpusConfig()
+    assert config.evaluation == eval_config.EvaluationConfig()
+
+
+def _flag_lines(path):
+    with open(path) as f:
+        return [l.strip() for l in f
+                if l.strip() and not l.strip().startswith("#")]
+
+
+def test_shipped_flagfile_sets_the_demo_sizes_and_evaluation():
+    """flags/demo_pipeline.cfg, not the defaults, holds the demo's settings."""
+    values = flags.FlagValues()
+    fields.define_flags(demo_config.DemoConfig, values,
+                        exclude=demo_config.FLAG_EXCLUDE)
+    values(["prog", "--output_dir=run"] + _flag_lines(
+        os.path.join(REPO, "flags", "demo_pipeline.cfg")))
+    config = fields.config_from_flags(
+        demo_config.DemoConfig, values, exclude=demo_config.FLAG_EXCLUDE,
+        train_flags=())
+    assert (config.corpus.num_train, config.corpus.num_eval,
+            config.corpus.num_classes, config.corpus.workers) == (
+                300, 240, None, 0)
+    assert config.evaluation.qbe_min_count == 15
+    assert (config.evaluation.epochs, config.evaluation.fewshot_epochs) == (
+        10, 20)
+    assert config.samplers == runner.ALL_RUNS
+    assert (config.num_shards, config.jobs) == (4, 2)
+
+
+def test_demo_config_json_is_the_dataclass(tmp_path, flagfile):
+    config = _config(tmp_path, flagfile, samplers=("noise",),
+                     evaluation=eval_config.EvaluationConfig(qbe_min_count=7))
+    runner.run_demo(config, launch=FakeLauncher())
+    saved = jsonio.read_json(str(tmp_path / "run" / runner.CONFIG_NAME))
+    assert saved == jsonio.to_jsonable(config)
+    assert saved["evaluation"]["qbe_min_count"] == 7
+    assert saved["corpus"]["num_train"] == config.corpus.num_train
+    with open(tmp_path / "run" / runner.REPORT_JSON) as f:
+        assert json.load(f)["config"] == saved
+
+
+def test_binaries_are_found_in_the_checkout():
+    for name in ("make_corpus", "extract_features", "train", "export",
+                 "embed", "evaluate"):
+        assert stages_lib.binary_path(name) == os.path.join(REPO, "bin",
+                                                            name)
+
+
+def test_flagfile_fingerprint_follows_includes_beside_the_file(tmp_path):
+    (tmp_path / "base.cfg").write_text("--steps=3\n")
+    top = tmp_path / "top.cfg"
+    top.write_text("--flagfile=base.cfg\n--model=small\n")
+    before = stages_lib.file_digest(str(top))
+    (tmp_path / "base.cfg").write_text("--steps=4\n")
+    assert stages_lib.file_digest(str(top)) != before
 
 
 # ----------------------------------------------------- skip / resume / stale
@@ -238,7 +331,7 @@ def test_changed_corpus_reruns_everything_downstream(tmp_path, flagfile):
     config = _config(tmp_path, flagfile, samplers=("proximity",))
     first = FakeLauncher()
     runner.run_demo(config, launch=first)
-    config.num_train += 1
+    config.corpus.num_train += 1
     again = FakeLauncher()
     runner.run_demo(config, launch=again)
     assert again.calls == first.calls
@@ -378,8 +471,8 @@ def test_progress_line_is_the_last_log_line_without_prefix(tmp_path):
     log.write_text("==== demo train: started\n"
                    "I1125 18:15:22.560946 139663854136192 training.py:412] "
                    "step 25/150  loss 0.0562\n\n")
-    assert runner._last_line(str(log)) == "step 25/150  loss 0.0562"
-    assert runner._last_line(str(tmp_path / "missing.log")) == ""
+    assert stages_lib.last_line(str(log)) == "step 25/150  loss 0.0562"
+    assert stages_lib.last_line(str(tmp_path / "missing.log")) == ""
 
 
 # ------------------------------------------------------------ bin/demo
@@ -412,7 +505,8 @@ def test_demo_flags_coexist_with_the_other_groups():
             "f.FLAGS(['x', '--output_dir=d', '--num_eval=7', "
             "'--qbe_min_count=3', '--samplers=noise']); "
             "c = f.demo_config_from_flags(); "
-            "print(c.output_dir, c.num_eval, c.qbe_min_count, c.samplers)")
+            "print(c.output_dir, c.corpus.num_eval, "
+            "c.evaluation.qbe_min_count, c.samplers)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO,
                           capture_output=True, text=True, timeout=60,
                           check=False)

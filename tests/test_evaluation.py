@@ -3,9 +3,12 @@
 import dataclasses
 import math
 
+from absl import flags
 import numpy as np
 import pytest
 
+from triplet_audio.config import evaluation as eval_config
+from triplet_audio.config import fields
 from triplet_audio.serving import embeddings_io as eio
 from triplet_audio.evaluation import metrics as ev
 
@@ -293,6 +296,68 @@ def test_fewshot_architecture_follows_representation():
     assert config.fewshot_layers("joint_model") == 1
     assert ev.EvaluationConfig(fewshot_hidden_layers=2).fewshot_layers(
         "logmel") == 2
+
+
+# --- the settings ------------------------------------------------------------
+
+
+def test_configs_live_in_the_config_home():
+    # metrics keeps the names its callers know.
+    assert ev.EvaluationConfig is eval_config.EvaluationConfig
+    assert ev.ClassifierConfig is eval_config.ClassifierConfig
+    assert ev.ALL_PARTS == (ev.QBE, ev.CLASSIFIER_1X512, ev.CLASSIFIER_2X512,
+                            ev.FEWSHOT) == eval_config.ALL_PARTS
+
+
+def test_classifiers_get_the_evaluation_training_fields():
+    config = ev.EvaluationConfig(hidden_units=8, epochs=3, batch_size=16,
+                                 learning_rate=0.01, seed=5)
+    two = config.classifier(2)
+    assert (two.hidden_layers, two.hidden_units, two.epochs, two.batch_size,
+            two.learning_rate, two.seed) == (2, 8, 3, 16, 0.01, 5)
+    assert config.classifier(1, epochs=7).epochs == 7
+    assert two.architecture == "2x8"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: ev.ClassifierConfig(hidden_units=0),
+     "ClassifierConfig.hidden_units: must be an integer >= 1"),
+    (lambda: ev.ClassifierConfig(hidden_layers=-1),
+     "ClassifierConfig.hidden_layers: must be an integer >= 0"),
+    (lambda: ev.ClassifierConfig(learning_rate=0.0),
+     "ClassifierConfig.learning_rate: must be > 0"),
+    # A field that is a flag is named as the flag.
+    (lambda: ev.EvaluationConfig(epochs=0),
+     "--classifier_epochs: must be an integer >= 1"),
+    (lambda: ev.EvaluationConfig(fewshot_draws=0),
+     "--fewshot_draws: must be an integer >= 1"),
+    (lambda: ev.EvaluationConfig(batch_size=0),
+     "EvaluationConfig.batch_size: must be an integer >= 1"),
+])
+def test_configs_reject_bad_values(make, message):
+    with pytest.raises(ValueError, match="^" + message):
+        make()
+
+
+def test_evaluate_flags_are_derived_from_the_config():
+    values = flags.FlagValues()
+    fields.define_flags(ev.EvaluationConfig, values)
+    # bin/evaluate's settings; the library-only fields have no flag.
+    assert set(values) == {"eval_seed", "qbe_num_pos", "qbe_num_neg",
+                           "qbe_min_count", "classifier_epochs",
+                           "fewshot_epochs", "fewshot_per_class",
+                           "fewshot_draws"}
+    assert values["qbe_min_count"].default == 0  # None: the exact protocol.
+    values(["prog"])
+    assert fields.config_from_flags(ev.EvaluationConfig, values) == (
+        ev.EvaluationConfig())
+    values(["prog", "--qbe_min_count=12", "--classifier_epochs=4",
+            "--eval_seed=3", "--fewshot_epochs=2"])
+    config = fields.config_from_flags(ev.EvaluationConfig, values)
+    assert (config.qbe_min_count, config.epochs, config.seed,
+            config.fewshot_epochs) == (12, 4, 3, 2)
+    with pytest.raises(flags.IllegalFlagValueError):
+        values(["prog", "--qbe_num_pos=0"])
 
 
 # --- evaluate() --------------------------------------------------------------

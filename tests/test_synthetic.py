@@ -2,6 +2,7 @@
 
 import csv
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits  # A scikit-learn dependency.
 
+from absl import flags
 from triplet_audio import constants as C
+from triplet_audio.config import corpus as corpus_config
+from triplet_audio.config import fields
 from triplet_audio.demo import synthetic
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -351,6 +355,38 @@ def test_make_corpus_help_lists_every_flag():
     for flag in ("output_dir", "num_train", "num_eval", "seed", "duration_s",
                  "num_classes", "workers"):
         assert f"--{flag}:" in result.stdout, flag
+
+
+def test_corpus_flags_are_derived_from_the_config():
+    assert synthetic.CorpusConfig is corpus_config.CorpusConfig
+    assert synthetic.CLASS_NAMES is corpus_config.CLASS_NAMES
+    values = flags.FlagValues()
+    fields.define_flags(corpus_config.CorpusConfig, values)
+    assert set(values) == {"output_dir", "num_train", "num_eval", "seed",
+                           "duration_s", "num_classes", "workers"}
+    assert values["num_classes"].default == 0  # None: every class.
+    values(["prog"])
+    config = fields.config_from_flags(corpus_config.CorpusConfig, values)
+    assert config == corpus_config.CorpusConfig()
+    with pytest.raises(ValueError, match="--output_dir is required"):
+        config.require_out_dir()
+    values(["prog", "--output_dir=d", "--num_classes=3", "--num_train=5"])
+    config = fields.config_from_flags(corpus_config.CorpusConfig, values)
+    assert (config.out_dir, config.num_classes, config.num_train) == (
+        "d", 3, 5)
+    with pytest.raises(ValueError, match="^--duration_s: must be a positive"):
+        corpus_config.CorpusConfig(duration_s=float("inf"))
+
+
+def test_corpus_json_holds_the_content_settings(corpus):
+    out, _ = corpus
+    with open(os.path.join(out, "corpus.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    assert manifest["config"] == {"num_train": NUM_TRAIN,
+                                  "num_eval": NUM_EVAL, "seed": SEED,
+                                  "duration_s": DURATION_S,
+                                  "num_classes": None}
+    assert not [n for n in os.listdir(out) if n.endswith(".incomplete")]
 
 
 def test_corpus_flags_coexist_with_extract_flags():

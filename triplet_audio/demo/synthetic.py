@@ -55,7 +55,6 @@ names. These are the CSVs `bin/extract_features --input=...csv` reads.
 import concurrent.futures
 import csv
 import dataclasses
-import json
 import multiprocessing
 import os
 import time
@@ -65,29 +64,16 @@ import numpy as np
 import soundfile as sf
 
 from triplet_audio import constants as C
+from triplet_audio.config import corpus as corpus_config
+from triplet_audio.config import jsonio
 
-CLASS_NAMES = (
-    "harmonic_tone",
-    "chirp",
-    "noise_burst",
-    "impact",
-    "click_train",
-    "fm_warble",
-    "am_tone",
-    "speech_like",
-    "engine_hum",
-    "bird_trill",
-    "rain",
-    "siren",
-    "dog_bark",
-    "bubbles",
-)
-"""Class vocabulary, in label-index order."""
+CLASS_NAMES = corpus_config.CLASS_NAMES
+"""Class vocabulary, in label-index order (its home: `config.corpus`)."""
 
 SPLITS = ("train", "eval")
 _SPLIT_CODES = {"train": 0, "eval": 1}
 
-DEFAULT_DURATION_S = 10.0
+DEFAULT_DURATION_S = corpus_config.DEFAULT_DURATION_S
 MAX_CLASSES_PER_RECORDING = 3
 SNR_RANGE_DB = (0.0, 20.0)
 """Per-occurrence event RMS over background RMS, uniform in this range."""
@@ -665,25 +651,7 @@ def to_pcm16(waveform):
     return np.round(np.clip(waveform, -1.0, 1.0) * 32767.0).astype(np.int16)
 
 
-def vocabulary_for(num_classes=None):
-    """The class vocabulary of a corpus restricted to `num_classes` classes.
-
-    Args:
-      num_classes: how many of `CLASS_NAMES` to use, first ones first; None
-        for all.
-
-    Returns:
-      Tuple of class names.
-
-    Raises:
-      ValueError: if num_classes is not in [1, len(CLASS_NAMES)].
-    """
-    if num_classes is None:
-        return CLASS_NAMES
-    if not 1 <= num_classes <= len(CLASS_NAMES):
-        raise ValueError(f"num_classes must be in [1, {len(CLASS_NAMES)}], "
-                         f"got {num_classes}")
-    return CLASS_NAMES[:num_classes]
+vocabulary_for = corpus_config.vocabulary_for
 
 
 def recording_rng(seed, split, index):
@@ -745,43 +713,8 @@ def corpus_recording(seed, split, index, duration_s=DEFAULT_DURATION_S,
 # Corpus writer.
 
 
-@dataclasses.dataclass(frozen=True)
-class CorpusConfig:
-    """Resolved, validated settings of one synthetic corpus.
-
-    Attributes:
-      out_dir: directory the corpus is written to.
-      num_train: number of training recordings.
-      num_eval: number of evaluation recordings.
-      seed: non-negative corpus seed.
-      duration_s: length of every recording in seconds.
-      num_classes: use the first this many of `CLASS_NAMES`; None for all.
-      workers: worker processes; 1 generates serially, 0 uses every core.
-    """
-    out_dir: str
-    num_train: int
-    num_eval: int
-    seed: int = 0
-    duration_s: float = DEFAULT_DURATION_S
-    num_classes: int | None = None
-    workers: int = 1
-
-    def __post_init__(self):
-        if not self.out_dir:
-            raise ValueError("out_dir must be set")
-        if self.num_train < 0 or self.num_eval < 0:
-            raise ValueError("num_train and num_eval must be >= 0, got "
-                             f"{self.num_train} and {self.num_eval}")
-        if self.num_train + self.num_eval == 0:
-            raise ValueError("num_train + num_eval must be positive")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if not self.duration_s > 0:
-            raise ValueError(
-                f"duration_s must be positive, got {self.duration_s}")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
-        vocabulary_for(self.num_classes)
+CorpusConfig = corpus_config.CorpusConfig
+"""The settings of one corpus (their home: `config.corpus`)."""
 
 
 def _relative_path(split, index):
@@ -834,7 +767,8 @@ def generate_corpus(out_dir, num_train, num_eval, seed=0,
     """
     config = CorpusConfig(out_dir=out_dir, num_train=num_train,
                           num_eval=num_eval, seed=seed, duration_s=duration_s,
-                          num_classes=num_classes, workers=workers)
+                          num_classes=num_classes,
+                          workers=workers).require_out_dir()
     vocabulary = vocabulary_for(num_classes)
     for split in SPLITS:
         os.makedirs(os.path.join(out_dir, "audio", split), exist_ok=True)
@@ -877,10 +811,8 @@ def generate_corpus(out_dir, num_train, num_eval, seed=0,
                       for c in vocabulary} for split in SPLITS}
     # Only what determines the content, so that the whole directory is
     # byte-identical for the same corpus wherever and however it was built.
-    content_config = {k: v for k, v in dataclasses.asdict(config).items()
-                      if k not in ("out_dir", "workers")}
     manifest = {
-        "config": content_config,
+        "config": config.content(),
         "classes": list(vocabulary),
         "sample_rate": C.SAMPLE_RATE,
         "format": "WAV PCM_16 mono",
@@ -888,10 +820,7 @@ def generate_corpus(out_dir, num_train, num_eval, seed=0,
         "snr_range_db": list(SNR_RANGE_DB),
         "background_dbfs_range": list(BACKGROUND_DBFS_RANGE),
     }
-    with open(os.path.join(out_dir, "corpus.json"), "w",
-              encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.write("\n")
+    jsonio.write_json(os.path.join(out_dir, "corpus.json"), manifest)
     logging.info("Corpus written in %.1f s (%.3f s per recording): %s",
                  seconds, seconds / max(1, len(tasks)),
                  os.path.join(out_dir, paths["labels_csv"]))

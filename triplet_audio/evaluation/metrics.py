@@ -26,7 +26,6 @@ draws.
 
 import dataclasses
 import time
-from typing import Optional, Tuple
 
 from absl import logging
 import keras
@@ -34,15 +33,19 @@ import numpy as np
 from sklearn import metrics
 import tensorflow as tf
 
+from triplet_audio.config import evaluation as eval_config
 from triplet_audio.serving import embeddings_io
 
-QBE = "qbe"
-CLASSIFIER_1X512 = "classifier_1x512"
-CLASSIFIER_2X512 = "classifier_2x512"
-FEWSHOT = "fewshot"
-ALL_PARTS = (QBE, CLASSIFIER_1X512, CLASSIFIER_2X512, FEWSHOT)
-
-LOGMEL_REPRESENTATION = "logmel"
+# The settings live in the config home (no TensorFlow there); these names are
+# kept here for the callers that know them from this module.
+QBE = eval_config.QBE
+CLASSIFIER_1X512 = eval_config.CLASSIFIER_1X512
+CLASSIFIER_2X512 = eval_config.CLASSIFIER_2X512
+FEWSHOT = eval_config.FEWSHOT
+ALL_PARTS = eval_config.ALL_PARTS
+LOGMEL_REPRESENTATION = eval_config.LOGMEL_REPRESENTATION
+ClassifierConfig = eval_config.ClassifierConfig
+EvaluationConfig = eval_config.EvaluationConfig
 
 _PREDICT_CHUNK = 8192
 
@@ -193,44 +196,6 @@ def qbe_map(segment_embeddings, labels, num_pos=100, num_neg=100, seed=0,
 # ---------------------------------------------------------------------------
 # Shallow classifiers.
 # ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class ClassifierConfig:
-    """A shallow window classifier and how it is trained.
-
-    Attributes:
-      hidden_layers: number of hidden ReLU layers (1, 2, or 4 for few-shot
-        on log-mel).
-      hidden_units: units per hidden layer.
-      epochs: passes over the training windows (no early stopping).
-      batch_size: windows per step.
-      learning_rate: Adam learning rate.
-      seed: seeds initialisation and shuffling (`keras.utils.set_random_seed`).
-    """
-
-    hidden_layers: int = 1
-    hidden_units: int = 512
-    epochs: int = 10
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    seed: int = 0
-
-    def __post_init__(self):
-        for name in ("hidden_layers", "hidden_units", "epochs", "batch_size"):
-            value = getattr(self, name)
-            minimum = 0 if name == "hidden_layers" else 1
-            if int(value) != value or value < minimum:
-                raise ValueError("ClassifierConfig.%s must be an integer >= %d,"
-                                 " got %r" % (name, minimum, value))
-        if not self.learning_rate > 0:
-            raise ValueError("ClassifierConfig.learning_rate must be > 0, "
-                             "got %r" % self.learning_rate)
-
-    @property
-    def architecture(self):
-        """e.g. "1x512", as in the paper's tables."""
-        return "%dx%d" % (self.hidden_layers, self.hidden_units)
 
 
 def feature_stats(emb_set, chunk=65536):
@@ -563,76 +528,6 @@ def fewshot_map(train_set, eval_set, config, per_class=20, num_draws=3,
 # ---------------------------------------------------------------------------
 # Everything.
 # ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class EvaluationConfig:
-    """Settings of `evaluate`; defaults are the paper's protocol.
-
-    Attributes:
-      seed: seeds every sample, draw and classifier.
-      parts: which of `ALL_PARTS` to run.
-      qbe_num_pos: QbE positives per class.
-      qbe_num_neg: QbE negatives per class.
-      qbe_min_count: None for the exact protocol; else see
-        `sample_qbe_segments`.
-      hidden_units: units per hidden layer of every classifier.
-      epochs: training epochs of the full classifiers.
-      batch_size: windows per step.
-      learning_rate: Adam learning rate.
-      fewshot_per_class: labelled segments per class per draw.
-      fewshot_draws: number of few-shot draws.
-      fewshot_hidden_layers: None picks by representation (4 for "logmel",
-        1 otherwise, as in the paper's Table 2).
-      fewshot_epochs: training epochs of few-shot classifiers; they see ~5x
-        fewer windows per epoch here than the full classifiers.
-      allow_segment_overlap: permit segment ids present in both sets (the
-        held-out set must otherwise be disjoint).
-    """
-
-    seed: int = 0
-    parts: Tuple[str, ...] = ALL_PARTS
-    qbe_num_pos: int = 100
-    qbe_num_neg: int = 100
-    qbe_min_count: Optional[int] = None
-    hidden_units: int = 512
-    epochs: int = 10
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    fewshot_per_class: int = 20
-    fewshot_draws: int = 3
-    fewshot_hidden_layers: Optional[int] = None
-    fewshot_epochs: int = 30
-    allow_segment_overlap: bool = False
-
-    def __post_init__(self):
-        self.parts = tuple(self.parts)
-        unknown = sorted(set(self.parts) - set(ALL_PARTS))
-        if unknown:
-            raise ValueError("EvaluationConfig.parts: unknown %s (known: %s)"
-                             % (unknown, ", ".join(ALL_PARTS)))
-        for name in ("qbe_num_pos", "qbe_num_neg", "fewshot_per_class",
-                     "fewshot_draws", "epochs", "fewshot_epochs",
-                     "batch_size", "hidden_units"):
-            if getattr(self, name) < 1:
-                raise ValueError("EvaluationConfig.%s must be >= 1, got %r"
-                                 % (name, getattr(self, name)))
-
-    def classifier(self, hidden_layers, epochs=None):
-        """The `ClassifierConfig` with `hidden_layers` under these settings."""
-        return ClassifierConfig(hidden_layers=hidden_layers,
-                                hidden_units=self.hidden_units,
-                                epochs=(self.epochs if epochs is None
-                                        else epochs),
-                                batch_size=self.batch_size,
-                                learning_rate=self.learning_rate,
-                                seed=self.seed)
-
-    def fewshot_layers(self, representation):
-        """Hidden layers of the few-shot classifier for `representation`."""
-        if self.fewshot_hidden_layers is not None:
-            return self.fewshot_hidden_layers
-        return 4 if representation == LOGMEL_REPRESENTATION else 1
 
 
 def align_vocabularies(train_set, eval_set):

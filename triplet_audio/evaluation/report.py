@@ -17,7 +17,6 @@ gap, Table 2 (few-shot mean +- std) and per-class AP bars per
 representation.
 """
 
-import json
 import math
 import os
 
@@ -26,6 +25,7 @@ import matplotlib
 from matplotlib import figure
 import numpy as np
 
+from triplet_audio.config import jsonio
 from triplet_audio.serving import embeddings_io
 from triplet_audio.evaluation import metrics
 
@@ -63,38 +63,18 @@ def recovery(score, baseline, topline):
     return (score - baseline) / (topline - baseline)
 
 
-def _jsonable(value):
-    """Plain-JSON copy of `value`: NumPy scalars unwrapped, NaN/Inf -> None."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        # Strict JSON has no NaN; other tools (jq, browsers) reject it.
-        return None
-    return value
-
-
 def write_results_json(results, path):
     """Writes `results` as strict JSON (NaN -> null), atomically.
+
+    `jsonio.write_json` is the one writer: NumPy values unwrapped, tuples as
+    lists, NaN as null (strict JSON; jq and browsers reject NaN), written to
+    a temporary name and renamed.
 
     Args:
       results: the dict `metrics.evaluate` returned (plus "name").
       path: output file.
     """
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    tmp = path + ".incomplete"
-    with open(tmp, "w") as f:
-        json.dump(_jsonable(results), f, indent=2, sort_keys=True,
-                  allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    jsonio.write_json(path, results)
 
 
 def load_results(paths):
@@ -111,8 +91,7 @@ def load_results(paths):
     for path in paths:
         if os.path.isdir(path):
             path = os.path.join(path, RESULTS_NAME)
-        with open(path) as f:
-            results = json.load(f)
+        results = jsonio.read_json(path)
         name = results.get("name") or os.path.basename(
             os.path.dirname(os.path.abspath(path)))
         unique, k = name, 1
