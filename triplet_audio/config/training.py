@@ -179,7 +179,6 @@ class TrainConfig:
                     (", ".join(choices), getattr(self, name)))
         if self.embedding_size < 1:
             bad("embedding_size", "must be >= 1")
-        triplets_per_batch(self.batch_size, self.cpu_replicas or 1)
         if self.margin < 0:
             bad("margin", "must be >= 0")
         if not self.learning_rate > 0:
@@ -203,6 +202,7 @@ class TrainConfig:
         if self.cpu_replicas and self.strategy != "mirrored":
             bad("cpu_replicas", "only with --strategy=mirrored (got "
                 "--strategy=%s)" % self.strategy)
+        triplets_per_batch(self.batch_size, self.cpu_replicas or 1)
         self.sampler.validate()
         return self
 
