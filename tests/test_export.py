@@ -202,7 +202,10 @@ def test_metadata(exported):
     assert meta["embedding_size"] == 128
     assert meta["model"] == models.model_summary_dict(model)
     assert meta["step"] == 7
-    assert set(meta["signatures"]) == {"serving_default", "embed_logmel"}
+    assert set(meta["signatures"]) == {"serving_default", "embed_logmel",
+                                       "embed_waveforms"}
+    assert meta["window_hop_seconds"] == C.WINDOW_SECONDS
+    assert meta["tflite"] == {}
     assert meta["signatures"]["serving_default"]["inputs"] == {
         "waveform": "float32 [num_samples], 16 kHz mono"}
     assert set(meta["signatures"]["serving_default"]["outputs"]) == {

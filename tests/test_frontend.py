@@ -230,3 +230,53 @@ def test_tone_peaks_in_nearest_band(hz):
     assert np.partition(distance, 1)[1] > 1.1 * distance[nearest]
     logmel = frontend.waveform_to_logmel(_tone(hz).astype(np.float32)).numpy()
     assert int(np.argmax(logmel.mean(axis=0))) == nearest
+
+
+# ------------------------------------------------- dense (overlapping) ---
+def _reference_dense_windows(waveform, hop_frames):
+    # Windows hop_frames apart, framed by hand from the NumPy log-mel.
+    logmel = numpy_frontend.waveform_to_logmel(waveform)
+    count = 1 + (logmel.shape[0] - C.WINDOW_FRAMES) // hop_frames
+    return np.stack([logmel[w * hop_frames:w * hop_frames + C.WINDOW_FRAMES]
+                     for w in range(max(count, 0))])
+
+
+@pytest.mark.parametrize("hop_frames", [1, 5, 48, 95, 96])
+def test_dense_windows_match_numpy_framing(hop_frames):
+    waveform = _signal("chirp")
+    want = _reference_dense_windows(waveform, hop_frames)
+    got = frontend.waveform_to_windows(waveform, hop_frames=hop_frames)
+    assert got.shape == want.shape
+    assert want.shape[0] == frontend.num_windows_for_samples(
+        waveform.shape[0], hop_frames=hop_frames)
+    assert np.max(np.abs(got.numpy() - want)) <= TOLERANCE
+    # A batch of recordings of one length, the hop a tensor (as in the
+    # exported graph): the same windows.
+    batch = np.stack([waveform, _signal("pink_noise")])
+    batched = frontend.logmel_to_windows(frontend.waveform_to_logmel(batch),
+                                         tf.constant(hop_frames))
+    assert batched.shape == (2,) + want.shape
+    assert np.max(np.abs(batched[0].numpy() - want)) <= TOLERANCE
+    assert np.max(np.abs(batched[1].numpy() - _reference_dense_windows(
+        batch[1], hop_frames))) <= TOLERANCE
+
+
+def test_default_hop_is_the_non_overlapping_framing_bit_for_bit():
+    waveform = _signal("white_noise")
+    logmel = frontend.waveform_to_logmel(waveform)
+    np.testing.assert_array_equal(
+        frontend.logmel_to_windows(logmel, tf.constant(C.WINDOW_FRAMES)),
+        frontend.logmel_to_windows(logmel))
+
+
+@pytest.mark.parametrize("hop_frames", [1, 5, 50])
+@pytest.mark.parametrize("num_windows", [1, 2, 7])
+def test_dense_samples_for_windows_is_the_inverse(hop_frames, num_windows):
+    n = frontend.samples_for_windows(num_windows, hop_frames)
+    assert frontend.num_windows_for_samples(
+        n, pad_short=False, hop_frames=hop_frames) == num_windows
+    assert frontend.num_windows_for_samples(
+        n - 1, pad_short=False, hop_frames=hop_frames) == num_windows - 1
+    np.testing.assert_allclose(
+        frontend.window_start_seconds(num_windows, hop_frames).numpy(),
+        np.arange(num_windows) * hop_frames * 0.01, atol=1e-6)

@@ -4,6 +4,9 @@ Values follow the paper and ../shared/DESIGN.md (the VGGish / AudioSet front
 end). Every other module imports them from here; never restate them.
 """
 
+import math
+import numbers
+
 SAMPLE_RATE = 16000
 """Sample rate (Hz) of every waveform that reaches the front end."""
 
@@ -33,6 +36,44 @@ WINDOW_HOP_SAMPLES = WINDOW_FRAMES * STFT_HOP_SAMPLES
 
 MIN_WINDOW_SAMPLES = (WINDOW_FRAMES - 1) * STFT_HOP_SAMPLES + STFT_WINDOW_SAMPLES
 """Samples needed for one full window (15,600 = 0.975 s)."""
+
+DEFAULT_WINDOW_HOP_SECONDS = WINDOW_SECONDS
+"""Default hop between window starts: non-overlapping windows, as the paper
+(and the corpora bin/extract_features writes) cut them."""
+
+_HOP_TOLERANCE_SECONDS = 1e-4
+
+
+def window_hop_frames(hop_seconds, name="window_hop_seconds"):
+    """STFT frames between the starts of consecutive windows.
+
+    Windows are cut from the log-mel frames, so a hop is a whole number of
+    STFT hops (10 ms), from 1 (0.01 s, the densest) to `WINDOW_FRAMES`
+    (0.96 s, non-overlapping).
+
+    Args:
+      hop_seconds: the hop in seconds, e.g. 0.96, 0.5 or 0.05.
+      name: the setting's name, for the error message.
+
+    Returns:
+      int, 1..WINDOW_FRAMES.
+
+    Raises:
+      ValueError: naming `name` when the hop is not a multiple of 0.01 s in
+        [0.01, 0.96] (or not a number).
+    """
+    seconds = float("nan")
+    if isinstance(hop_seconds, numbers.Real) and not isinstance(
+            hop_seconds, bool):
+        seconds = float(hop_seconds)
+    frames = round(seconds / STFT_HOP_SECONDS) if math.isfinite(seconds) else 0
+    if not 1 <= frames <= WINDOW_FRAMES or abs(
+            seconds - frames * STFT_HOP_SECONDS) > _HOP_TOLERANCE_SECONDS:
+        raise ValueError(
+            "%s: must be a multiple of %g s (the STFT hop) from %g to %g, "
+            "got %r" % (name, STFT_HOP_SECONDS, STFT_HOP_SECONDS,
+                        WINDOW_SECONDS, hop_seconds))
+    return int(frames)
 
 MAX_WINDOWS_PER_RECORD = 256
 """A recording longer than this many windows (~4.1 min) is split into chunks,

@@ -14,6 +14,14 @@ Framing rules (documented once, here):
     padded at the end to exactly one window when `pad_short=True` (default),
     else it yields zero windows and callers drop it.
   * Window w of a recording starts at w * 0.96 s.
+
+Dense (overlapping) windows: with `hop_frames` < 96 (a hop of hop_frames x
+10 ms), window w is frames [w * hop_frames, w * hop_frames + 96) and starts
+at w * hop_frames * 0.01 s; a waveform of N >= 15,600 samples gives
+1 + (num_frames - 96) // hop_frames windows, the trailing partial one
+dropped as above. hop_frames = 96 is the non-overlapping framing above,
+computed by the same code as before (a reshape), so its values are
+unchanged.
 """
 
 import tensorflow as tf
@@ -77,20 +85,33 @@ def waveform_to_logmel(waveform):
     return tf.math.log(mel + C.LOG_OFFSET)
 
 
-def logmel_to_windows(logmel):
-    """Groups log-mel frames into non-overlapping [96, 64] windows.
+def logmel_to_windows(logmel, hop_frames=C.WINDOW_FRAMES):
+    """Groups log-mel frames into [96, 64] windows, `hop_frames` apart.
 
     Args:
-      logmel: float32 tensor [num_frames, 64].
+      logmel: float32 tensor [num_frames, 64], or [..., num_frames, 64] (a
+        batch of recordings of equal length) when `hop_frames` is given.
+      hop_frames: frames between window starts: a Python int or an int32
+        scalar tensor, 1..96. 96 (default): non-overlapping windows.
 
     Returns:
-      float32 tensor [num_frames // 96, 96, 64]; the trailing partial window
-      is dropped.
+      float32 tensor [..., num_windows, 96, 64] with num_windows =
+      1 + (num_frames - 96) // hop_frames (0 when num_frames < 96); the
+      trailing partial window is dropped.
     """
     logmel = tf.convert_to_tensor(logmel, tf.float32)
-    num_windows = tf.shape(logmel)[0] // C.WINDOW_FRAMES
-    kept = logmel[:num_windows * C.WINDOW_FRAMES]
-    return tf.reshape(kept, [num_windows, C.WINDOW_FRAMES, C.NUM_MEL_BANDS])
+    if isinstance(hop_frames, int) and hop_frames == C.WINDOW_FRAMES and (
+            logmel.shape.rank == 2):
+        # The non-overlapping framing: a reshape, as it always was.
+        num_windows = tf.shape(logmel)[0] // C.WINDOW_FRAMES
+        kept = logmel[:num_windows * C.WINDOW_FRAMES]
+        return tf.reshape(kept, [num_windows, C.WINDOW_FRAMES,
+                                 C.NUM_MEL_BANDS])
+    # Overlapping (or batched) framing: a strided gather of frame rows.
+    windows = tf.signal.frame(logmel, C.WINDOW_FRAMES, hop_frames, axis=-2)
+    return tf.ensure_shape(
+        windows, logmel.shape[:-2].concatenate(
+            [None, C.WINDOW_FRAMES, C.NUM_MEL_BANDS]))
 
 
 def pad_to_one_window(waveform):
@@ -100,13 +121,14 @@ def pad_to_one_window(waveform):
     return tf.pad(waveform, [[0, missing]])
 
 
-def waveform_to_windows(waveform, pad_short=True):
+def waveform_to_windows(waveform, pad_short=True, hop_frames=C.WINDOW_FRAMES):
     """Maps a 1-D 16 kHz waveform to its log-mel windows.
 
     Args:
       waveform: float32 tensor [num_samples].
       pad_short: whether a clip shorter than one window is zero-padded to one
         window (True) or yields zero windows (False).
+      hop_frames: frames between window starts (see `logmel_to_windows`).
 
     Returns:
       float32 tensor [num_windows, 96, 64].
@@ -121,15 +143,17 @@ def waveform_to_windows(waveform, pad_short=True):
     else:
         waveform = tf.pad(waveform, [[
             0, tf.maximum(C.STFT_WINDOW_SAMPLES - tf.shape(waveform)[0], 0)]])
-    return logmel_to_windows(waveform_to_logmel(waveform))
+    return logmel_to_windows(waveform_to_logmel(waveform), hop_frames)
 
 
-def num_windows_for_samples(num_samples, pad_short=True):
+def num_windows_for_samples(num_samples, pad_short=True,
+                            hop_frames=C.WINDOW_FRAMES):
     """Number of windows `waveform_to_windows` yields for `num_samples` samples.
 
     Args:
       num_samples: int, length of a 16 kHz waveform.
       pad_short: as in `waveform_to_windows`.
+      hop_frames: as in `waveform_to_windows`.
 
     Returns:
       int.
@@ -137,14 +161,26 @@ def num_windows_for_samples(num_samples, pad_short=True):
     if num_samples < C.MIN_WINDOW_SAMPLES:
         return 1 if pad_short else 0
     frames = 1 + (num_samples - C.STFT_WINDOW_SAMPLES) // C.STFT_HOP_SAMPLES
-    return frames // C.WINDOW_FRAMES
+    return 1 + (frames - C.WINDOW_FRAMES) // hop_frames
 
 
-def samples_for_windows(num_windows):
+def samples_for_windows(num_windows, hop_frames=C.WINDOW_FRAMES):
     """Samples a waveform needs to yield exactly `num_windows` full windows."""
     if num_windows <= 0:
         return 0
-    return (num_windows - 1) * C.WINDOW_HOP_SAMPLES + C.MIN_WINDOW_SAMPLES
+    return ((num_windows - 1) * hop_frames * C.STFT_HOP_SAMPLES +
+            C.MIN_WINDOW_SAMPLES)
+
+
+def window_start_seconds(num_windows, hop_frames=C.WINDOW_FRAMES):
+    """Start times (float32 seconds) of the first `num_windows` windows."""
+    if isinstance(hop_frames, int):
+        # A Python hop: the product in double, so 96 frames is exactly
+        # WINDOW_SECONDS, as the start times always were.
+        step = hop_frames * C.STFT_HOP_SECONDS
+    else:
+        step = tf.cast(hop_frames, tf.float32) * C.STFT_HOP_SECONDS
+    return tf.cast(tf.range(num_windows), tf.float32) * step
 
 
 # autograph=False: no tensor-dependent Python control flow here, and the

@@ -8,15 +8,31 @@ import) and carries the log-mel front end in its graph. Signatures:
          start_times float32 [W] (seconds)
      Clips shorter than one window are zero-padded to one window, exactly as
      `frontend.waveform_to_windows` does.
+     Windows are 0.96 s, `window_hop_seconds` apart (bin/export
+     --window_hop_seconds, default 0.96: non-overlapping, computed by the
+     same graph as before the hop existed).
   embed_logmel(logmel: float32 [B, 96, 64]) -> embeddings float32 [B, D]
+  embed_waveforms(waveforms: float32 [B, N], hop_seconds: float32 [])
+      -> window_embeddings float32 [B, W, D], clip_embeddings float32 [B, D],
+         start_times float32 [W] (seconds)
+     B equal-length 16 kHz waveforms, windows every `hop_seconds` (a
+     multiple of 0.01 s from 0.01 to 0.96): the overlapping framing is done
+     in the graph, on the whole batch at once. Long inputs are cut into
+     steps of at most `SERVING_BATCH_WINDOWS` windows (over the batch), each
+     computing the STFT of its own stretch of samples only, so the working
+     memory does not grow with the waveform's length (only the input and
+     the [B, W, D] output do). Waveforms shorter than one window are
+     zero-padded to one window.
 
 Inputs are validated in the graph: a request with the wrong rank or dtype is
 refused by the signature itself; an empty input or non-finite values raise
 InvalidArgumentError with a message saying which.
 
 Beside it: `metadata.json` (package version, sample rate, front-end
-parameters, embedding size, signatures, the training config) and
-`model.keras`, a Keras-loadable copy for fine-tuning.
+parameters, embedding size, window hop, signatures, the training config) and
+`model.keras`, a Keras-loadable copy for fine-tuning. With `tflite_variants`
+(bin/export --tflite), TFLite models of the front end and the model
+(`export_tflite`).
 """
 
 import json
@@ -42,14 +58,25 @@ SERVING_BATCH_WINDOWS = 256
 """Windows per model call inside the signatures: longer inputs are embedded
 batch by batch, so memory does not grow with the clip length."""
 
+TFLITE_NAMES = {"float32": "model.tflite", "float16": "model_float16.tflite",
+                "int8": "model_int8.tflite"}
+"""File name of each TFLite variant in the export directory."""
+
 
 class EmbeddingModule(tf.Module):
-    """The exported object: a Keras embedding model plus the front end."""
+    """The exported object: a Keras embedding model plus the front end.
 
-    def __init__(self, model):
+    Args:
+      model: the Keras embedding model ([B, 96, 64] -> [B, D]).
+      window_hop_seconds: hop between the windows of `serving_default` (and
+        of the TFLite models).
+    """
+
+    def __init__(self, model, window_hop_seconds=C.DEFAULT_WINDOW_HOP_SECONDS):
         super().__init__(name="triplet_audio_embedder")
         self.model = model
         self.embedding_size = int(model.output_shape[-1])
+        self.window_hop_frames = C.window_hop_frames(window_hop_seconds)
 
     # The specs leave the rank open on purpose: a loaded signature does not
     # enforce static shapes, so the rank is checked at run time, where a
@@ -100,6 +127,12 @@ class EmbeddingModule(tf.Module):
         ]
         with tf.control_dependencies(checks):
             waveform = tf.identity(waveform)
+        if self.window_hop_frames != C.WINDOW_FRAMES:
+            out = self._embed_waveforms(waveform[tf.newaxis],
+                                        tf.constant(self.window_hop_frames))
+            return {"window_embeddings": out["window_embeddings"][0],
+                    "clip_embedding": out["clip_embeddings"][0],
+                    "start_times": out["start_times"]}
         windows = frontend.waveform_to_windows(waveform, pad_short=True)
         embeddings = self._embed(windows)
         num_windows = tf.shape(windows)[0]
@@ -110,6 +143,127 @@ class EmbeddingModule(tf.Module):
             "clip_embedding": tf.reduce_mean(embeddings, axis=0),
             "start_times": start_times,
         }
+
+    @tf.function(input_signature=[
+        tf.TensorSpec(None, tf.float32, name="waveforms"),
+        tf.TensorSpec(None, tf.float32, name="hop_seconds")])
+    def embed_waveforms(self, waveforms, hop_seconds):
+        """[B, N] 16 kHz waveforms, windows every hop_seconds -> embeddings."""
+        name = "embed_waveforms"
+        with tf.control_dependencies([
+                tf.debugging.assert_equal(
+                    tf.rank(waveforms), 2,
+                    message="%s: waveforms must be 2-D [batch, num_samples] "
+                    "(16 kHz mono)" % name),
+                tf.debugging.assert_equal(
+                    tf.rank(hop_seconds), 0,
+                    message="%s: hop_seconds must be a scalar" % name)]):
+            shape = tf.shape(waveforms)
+            hop_seconds = tf.reshape(hop_seconds, [])
+        checks = [
+            tf.debugging.assert_greater(
+                tf.reduce_min(shape), 0,
+                message="%s: waveforms is empty" % name),
+            tf.debugging.assert_all_finite(
+                waveforms, "%s: waveforms has NaN or Inf samples" % name),
+            tf.debugging.assert_all_finite(
+                hop_seconds, "%s: hop_seconds is NaN or Inf" % name),
+        ]
+        with tf.control_dependencies(checks):
+            waveforms = tf.reshape(waveforms, shape)
+            hop_frames = tf.cast(
+                tf.round(hop_seconds / C.STFT_HOP_SECONDS), tf.int32)
+        hop_message = ("%s: hop_seconds must be a multiple of %g s from %g "
+                       "to %g" % (name, C.STFT_HOP_SECONDS,
+                                  C.STFT_HOP_SECONDS, C.WINDOW_SECONDS))
+        checks = [
+            tf.debugging.assert_greater_equal(hop_frames, 1,
+                                              message=hop_message),
+            tf.debugging.assert_less_equal(hop_frames, C.WINDOW_FRAMES,
+                                           message=hop_message),
+            tf.debugging.assert_less_equal(
+                tf.abs(hop_seconds - tf.cast(hop_frames, tf.float32) *
+                       C.STFT_HOP_SECONDS), 1e-4, message=hop_message),
+        ]
+        with tf.control_dependencies(checks):
+            hop_frames = tf.identity(hop_frames)
+        return self._embed_waveforms(waveforms, hop_frames)
+
+    def _embed_waveforms(self, waveforms, hop_frames):
+        """[B, N] valid waveforms, int32 hop -> embed_waveforms' outputs.
+
+        The windows are made and embedded step by step: step i takes windows
+        [i k, (i + 1) k) of every waveform (k = SERVING_BATCH_WINDOWS // B,
+        at least 1), computes the log-mel frames of just the samples they
+        span, frames them `hop_frames` apart and runs the model on the B k
+        windows. The frames of a step are those of the whole waveform (a
+        step starts on a whole STFT hop), so the result does not depend on
+        k.
+        """
+        waveforms = tf.pad(waveforms, [[0, 0], [0, tf.maximum(
+            C.MIN_WINDOW_SAMPLES - tf.shape(waveforms)[1], 0)]])
+        batch = tf.shape(waveforms)[0]
+        num_frames = 1 + (tf.shape(waveforms)[1] - C.STFT_WINDOW_SAMPLES) // (
+            C.STFT_HOP_SAMPLES)
+        num_windows = 1 + (num_frames - C.WINDOW_FRAMES) // hop_frames
+        per_step = tf.maximum(1, SERVING_BATCH_WINDOWS // batch)
+        num_steps = (num_windows + per_step - 1) // per_step
+        outputs = tf.TensorArray(
+            tf.float32, size=num_steps, infer_shape=False,
+            element_shape=tf.TensorShape([None, None, self.embedding_size]))
+
+        def body(i, outputs):
+            first = i * per_step
+            count = tf.minimum(per_step, num_windows - first)
+            start = first * hop_frames * C.STFT_HOP_SAMPLES
+            length = ((count - 1) * hop_frames + C.WINDOW_FRAMES - 1) * (
+                C.STFT_HOP_SAMPLES) + C.STFT_WINDOW_SAMPLES
+            piece = waveforms[:, start:start + length]
+            windows = frontend.logmel_to_windows(
+                frontend.waveform_to_logmel(piece), hop_frames)
+            flat = tf.reshape(windows, [-1] + list(C.WINDOW_SHAPE))
+            out = tf.cast(self.model(flat, training=False), tf.float32)
+            out = tf.reshape(out, [batch, count, self.embedding_size])
+            # Steps are concatenated along axis 0: windows first.
+            return i + 1, outputs.write(i, tf.transpose(out, [1, 0, 2]))
+
+        # One step at a time: the steps are independent, and the default
+        # (10 in flight) held up to 10 steps' STFTs at once, so memory grew
+        # with the length after all.
+        _, outputs = tf.while_loop(lambda i, _: i < num_steps, body,
+                                   (tf.constant(0), outputs),
+                                   parallel_iterations=1)
+        embeddings = tf.transpose(outputs.concat(), [1, 0, 2])
+        embeddings = tf.ensure_shape(embeddings,
+                                     [None, None, self.embedding_size])
+        return {
+            "window_embeddings": embeddings,
+            "clip_embeddings": tf.reduce_mean(embeddings, axis=1),
+            "start_times": frontend.window_start_seconds(num_windows,
+                                                         hop_frames),
+        }
+
+    def tflite_function(self):
+        """The function the TFLite models hold: no asserts, no loops.
+
+        waveform float32 [num_samples] (16 kHz mono) -> window_embeddings
+        [W, D] (windows `window_hop_frames` apart, a clip shorter than one
+        window zero-padded to one, as serving_default) and clip_embedding
+        [D]. TFLite has no in-graph input checks: the caller keeps the
+        samples finite.
+        """
+        hop_frames = self.window_hop_frames
+
+        @tf.function(input_signature=[
+            tf.TensorSpec([None], tf.float32, name="waveform")])
+        def serve(waveform):
+            windows = frontend.waveform_to_windows(waveform, pad_short=True,
+                                                   hop_frames=hop_frames)
+            embeddings = tf.cast(self.model(windows, training=False),
+                                 tf.float32)
+            return {"window_embeddings": embeddings,
+                    "clip_embedding": tf.reduce_mean(embeddings, axis=0)}
+        return serve
 
     def _embed(self, logmel):
         # Batches the windows so an hour of audio does not become one giant
@@ -132,8 +286,10 @@ class EmbeddingModule(tf.Module):
 
 
 def export_saved_model(model, export_dir, training_config=None,
-                       overwrite=False, step=None):
-    """Writes the SavedModel, metadata.json and model.keras.
+                       overwrite=False, step=None,
+                       window_hop_seconds=C.DEFAULT_WINDOW_HOP_SECONDS,
+                       tflite_variants=()):
+    """Writes the SavedModel, metadata.json and model.keras (and TFLite).
 
     Args:
       model: the Keras embedding model ([B, 96, 64] -> [B, D]).
@@ -143,13 +299,24 @@ def export_saved_model(model, export_dir, training_config=None,
         metadata (dict or dataclass).
       overwrite: replace an existing export_dir; otherwise refuse.
       step: the training step of the exported weights, for the metadata.
+      window_hop_seconds: hop between the windows of serving_default and of
+        the TFLite models (a multiple of 0.01 s, 0.01-0.96; default 0.96,
+        non-overlapping).
+      tflite_variants: TFLite models to write beside the SavedModel, from
+        `TFLITE_NAMES` ("float32", "float16", "int8"); see `export_tflite`.
 
     Returns:
       path of the SavedModel directory.
 
     Raises:
       FileExistsError: when export_dir holds an export and not `overwrite`.
+      ValueError: on a window hop or TFLite variant that does not exist.
     """
+    hop_frames = C.window_hop_frames(window_hop_seconds)
+    unknown = sorted(set(tflite_variants) - set(TFLITE_NAMES))
+    if unknown:
+        raise ValueError("tflite_variants: %s not among %s" % (
+            ", ".join(unknown), ", ".join(TFLITE_NAMES)))
     saved_dir = os.path.join(export_dir, SAVED_MODEL_SUBDIR)
     if os.path.exists(saved_dir):
         if not overwrite:
@@ -158,7 +325,7 @@ def export_saved_model(model, export_dir, training_config=None,
                 export_dir)
         shutil.rmtree(saved_dir)
     os.makedirs(export_dir, exist_ok=True)
-    module = EmbeddingModule(model)
+    module = EmbeddingModule(model, hop_frames * C.STFT_HOP_SECONDS)
     # Write to a temporary name, rename when complete: a crash never leaves a
     # half-written SavedModel that loads.
     tmp_dir = saved_dir + ".incomplete"
@@ -169,10 +336,16 @@ def export_saved_model(model, export_dir, training_config=None,
         signatures={
             "serving_default": module.serving_default,
             "embed_logmel": module.embed_logmel,
+            "embed_waveforms": module.embed_waveforms,
         })
     os.replace(tmp_dir, saved_dir)
     keras_path = os.path.join(export_dir, KERAS_NAME)
     model.save(keras_path)
+    for name in TFLITE_NAMES.values():  # none left from an earlier export
+        if os.path.exists(os.path.join(export_dir, name)):
+            os.remove(os.path.join(export_dir, name))
+    tflite = export_tflite(module, export_dir, tflite_variants)
+    d = module.embedding_size
     metadata = {
         "package": "triplet-audio",
         "version": triplet_audio.__version__,
@@ -180,27 +353,38 @@ def export_saved_model(model, export_dir, training_config=None,
         "keras_version": keras.__version__,
         "sample_rate": C.SAMPLE_RATE,
         "frontend": C.frontend_params(),
-        "embedding_size": module.embedding_size,
+        "embedding_size": d,
+        "window_hop_seconds": round(hop_frames * C.STFT_HOP_SECONDS, 6),
         "model": models.model_summary_dict(model),
         "step": step,
         "signatures": {
             "serving_default": {
                 "inputs": {"waveform": "float32 [num_samples], 16 kHz mono"},
                 "outputs": {
-                    "window_embeddings": "float32 [W, %d]" %
-                                         module.embedding_size,
-                    "clip_embedding": "float32 [%d]" % module.embedding_size,
+                    "window_embeddings": "float32 [W, %d]" % d,
+                    "clip_embedding": "float32 [%d]" % d,
                     "start_times": "float32 [W] seconds",
                 },
             },
             "embed_logmel": {
                 "inputs": {"logmel": "float32 [B, %d, %d]" % C.WINDOW_SHAPE},
-                "outputs": {"embeddings": "float32 [B, %d]" %
-                                          module.embedding_size},
+                "outputs": {"embeddings": "float32 [B, %d]" % d},
+            },
+            "embed_waveforms": {
+                "inputs": {"waveforms": "float32 [B, num_samples], 16 kHz "
+                                        "mono",
+                           "hop_seconds": "float32 [], a multiple of 0.01 "
+                                          "from 0.01 to 0.96"},
+                "outputs": {
+                    "window_embeddings": "float32 [B, W, %d]" % d,
+                    "clip_embeddings": "float32 [B, %d]" % d,
+                    "start_times": "float32 [W] seconds",
+                },
             },
         },
         "saved_model": SAVED_MODEL_SUBDIR,
         "keras_model": KERAS_NAME,
+        "tflite": tflite,
         "training_config": jsonio.to_jsonable(training_config or {}),
     }
     jsonio.write_json(os.path.join(export_dir, METADATA_NAME), metadata)
@@ -208,7 +392,79 @@ def export_saved_model(model, export_dir, training_config=None,
     return saved_dir
 
 
-def export_run(model_dir, export_dir, overwrite=False):
+def export_tflite(module, export_dir, variants=("float32", "float16")):
+    """Writes TFLite models of `module.tflite_function()` to export_dir.
+
+    Each model takes a 16 kHz waveform and holds the log-mel front end
+    (the STFT is TFLite's builtin RFFT2D; no TensorFlow ops are needed at
+    run time) and the embedding model. Variants:
+
+      * "float32": the weights as they are (`TFLITE_NAMES` gives the files);
+      * "float16": weights stored as float16, computed in float32 (half the
+        file);
+      * "int8": dynamic-range quantisation, weights stored as int8 and
+        matrix products computed in int8 with activations quantised on the
+        fly (a quarter of the file, faster on CPU, least exact).
+
+    The weights are frozen into constants before conversion: TF 2.21's
+    converter keeps Keras 3 variables as resource variables that a TFLite
+    interpreter never initialises (the model ran, and returned NaN).
+
+    Args:
+      module: an `EmbeddingModule`.
+      export_dir: directory to write the .tflite files to.
+      variants: names among `TFLITE_NAMES`.
+
+    Returns:
+      {variant: {"file", "bytes", "input", "outputs"}} of what was written.
+    """
+    # convert_to_constants is what the converter itself uses to freeze
+    # graphs; it has no public alias.
+    from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import
+    if not variants:
+        return {}
+    function = module.tflite_function().get_concrete_function()
+    frozen = convert_to_constants.convert_variables_to_constants_v2(function)
+    holder = tf.Module()
+    # The frozen graph returns a flat list; a function that packs it back
+    # gives the TFLite signature the output names ("window_embeddings",
+    # "clip_embedding") and the input name "waveform".
+    holder.serve = tf.function(
+        lambda waveform: tf.nest.pack_sequence_as(
+            function.structured_outputs,
+            tf.nest.flatten(frozen(waveform=waveform))),
+        input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
+    concrete = holder.serve.get_concrete_function()
+    d = module.embedding_size
+    written = {}
+    for variant in variants:
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [concrete], holder)
+        if variant in ("float16", "int8"):
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if variant == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        content = converter.convert()
+        path = os.path.join(export_dir, TFLITE_NAMES[variant])
+        tmp = path + ".incomplete"
+        with open(tmp, "wb") as f:
+            f.write(content)
+        os.replace(tmp, path)
+        written[variant] = {
+            "file": TFLITE_NAMES[variant],
+            "bytes": len(content),
+            "input": "waveform float32 [num_samples], 16 kHz mono",
+            "outputs": {"window_embeddings": "float32 [W, %d]" % d,
+                        "clip_embedding": "float32 [%d]" % d},
+        }
+        logging.info("wrote %s (%s, %.1f MB)", path, variant,
+                     len(content) / 1e6)
+    return written
+
+
+def export_run(model_dir, export_dir, overwrite=False,
+               window_hop_seconds=C.DEFAULT_WINDOW_HOP_SECONDS,
+               tflite_variants=()):
     """Exports the latest checkpoint of a training run directory.
 
     Reads the run's config.json, so nothing needs repeating.
@@ -217,6 +473,8 @@ def export_run(model_dir, export_dir, overwrite=False):
       model_dir: a run directory written by `trainer.train`.
       export_dir: output directory.
       overwrite: replace an existing export.
+      window_hop_seconds: see `export_saved_model`.
+      tflite_variants: see `export_saved_model`.
 
     Returns:
       path of the SavedModel directory.
@@ -226,7 +484,9 @@ def export_run(model_dir, export_dir, overwrite=False):
     """
     model, config, step = run_dir.restore_model(model_dir)
     return export_saved_model(model, export_dir, training_config=config,
-                              overwrite=overwrite, step=step)
+                              overwrite=overwrite, step=step,
+                              window_hop_seconds=window_hop_seconds,
+                              tflite_variants=tflite_variants)
 
 
 def load_metadata(export_dir):
