@@ -338,3 +338,48 @@ def test_missing_input_and_saved_model(corpus, tmp_path):
     with pytest.raises(FileNotFoundError, match="saved_model"):
         embed.embed_corpus(corpus, str(tmp_path / "o"),
                            saved_model=str(tmp_path / "no_export"))
+
+
+# ------------------------------------------------------- window hop ---
+def test_dense_hop_for_audio_input(audio_dir, exported, tmp_path):
+    # --window_hop_seconds=0.25: overlapping windows, 0.25 s apart, equal to
+    # the front end's dense framing of each file.
+    model, export_dir = exported
+    out = str(tmp_path / "dense.npz")
+    summary = embed.embed_corpus(audio_dir, out, saved_model=export_dir,
+                                 batch_size=3, window_hop_seconds=0.25)
+    emb_set = embeddings_io.read_embeddings(out)
+    windows = [frontend.waveform_to_windows(
+        audio_io.load_audio(os.path.join(audio_dir, name)),
+        hop_frames=25).numpy() for name in ("long.wav", "sub/short.wav")]
+    # 2.5 s: 1 + (247 - 96) // 25 = 7 windows; 0.5 s: padded to one.
+    assert [w.shape[0] for w in windows] == [7, 1]
+    np.testing.assert_array_equal(emb_set.segment_index, [0] * 7 + [1])
+    np.testing.assert_allclose(emb_set.start_times,
+                               list(np.arange(7) * 0.25) + [0.0], atol=1e-6)
+    np.testing.assert_allclose(
+        emb_set.embeddings,
+        model(np.concatenate(windows), training=False).numpy(), atol=1e-5)
+    assert emb_set.metadata["window_hop_seconds"] == 0.25
+    assert summary["windows"] == 8
+
+
+def test_dense_windows_of_long_audio_come_in_pieces_like_the_whole():
+    num = frontend.samples_for_windows(C.MAX_WINDOWS_PER_RECORD + 3, 5) + 700
+    waveform = (0.1 * np.random.default_rng(1).standard_normal(num)).astype(
+        np.float32)
+    pieces = list(embed._audio_window_pieces(waveform, 5))  # pylint: disable=protected-access
+    assert [p.shape[0] for p in pieces] == [C.MAX_WINDOWS_PER_RECORD, 3]
+    np.testing.assert_allclose(
+        np.concatenate(pieces),
+        frontend.waveform_to_windows(waveform, hop_frames=5).numpy(),
+        atol=1e-4, rtol=0)
+
+
+def test_hop_errors(corpus, audio_dir, tmp_path):
+    with pytest.raises(embed.EmbedError, match="TFRecord corpus"):
+        embed.embed_corpus(corpus, str(tmp_path / "o.npz"),
+                           representation="logmel", window_hop_seconds=0.5)
+    with pytest.raises(embed.EmbedError, match="window_hop_seconds"):
+        embed.embed_corpus(audio_dir, str(tmp_path / "o.npz"),
+                           representation="logmel", window_hop_seconds=0.015)

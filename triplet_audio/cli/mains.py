@@ -104,9 +104,13 @@ def evaluate_main():
     from triplet_audio.evaluation import metrics
     from triplet_audio.evaluation import report
     results = report.evaluate_to_dir(**args)
+    probe = results.get("linear_probe") or {}
     logging.info("%s -> %s: %s", results["name"], args["output_dir"], ", ".join(
-        "%s mAP %.3f" % (part, results[part]["map"])
-        for part in metrics.ALL_PARTS if part in results))
+        ["%s mAP %.3f" % (part, results[part]["map"])
+         for part in metrics.ALL_PARTS if part in results] +
+        ["linear probe %s %s %.3f +- %.3f" % (
+            model, probe["metric"], probe[model]["mean"], probe[model]["std"])
+         for model in ("linear", "mlp_1x512") if model in probe]))
     return 0
 
 

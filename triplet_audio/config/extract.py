@@ -23,7 +23,9 @@ class ExtractConfig:
     Attributes:
       input: a directory (searched recursively for `extensions`), a glob, or
         a CSV file `path,labels[,split]` (labels ';'-separated class names,
-        header row optional, relative paths relative to the CSV).
+        header row optional, relative paths relative to the CSV); for a
+        dataset `input_format`, the dataset's root or one metadata file.
+      input_format: one of `options.INPUT_FORMATS` (`features.datasets`).
       output_dir: corpus directory for shards, summaries and manifest.json.
       num_shards: number of TFRecord shards (>= 1).
       workers: worker processes; 0 means one per CPU core.
@@ -43,7 +45,9 @@ class ExtractConfig:
     input: str = fields.setting(
         None, "Audio to extract: a directory (searched recursively), a glob, "
         "or a CSV with columns path,labels[,split] (labels ';'-separated "
-        "class names; relative paths are relative to the CSV).", kind="str")
+        "class names; relative paths are relative to the CSV); with a "
+        "dataset --input_format, the dataset's root folder (or one of its "
+        "metadata files, to read that part alone).", kind="str")
     output_dir: str = fields.setting(
         None, "Corpus directory to write shards and manifest.json to.",
         kind="str")
@@ -70,6 +74,14 @@ class ExtractConfig:
         "e.g. '--project=P,--region=R,--temp_location=gs://B/tmp,"
         "--setup_file=./setup.py'. Quote an item that holds a comma (CSV "
         "rules).", kind="list")
+    input_format: str = fields.setting(
+        options.CSV_FORMAT, "How --input is laid out: csv (a directory, glob "
+        "or path,labels[,split] CSV), a dataset as distributed (audioset: "
+        "*_segments.csv + class_labels_indices.csv + audio named by YouTube "
+        "id; fsd50k: FSD50K.ground_truth/ + FSD50K.{dev,eval}_audio/; esc50: "
+        "meta/esc50.csv + audio/; urbansound8k: metadata/UrbanSound8K.csv + "
+        "audio/foldN/), or auto (detected from the metadata files).",
+        choices=options.INPUT_FORMATS)
 
     def __post_init__(self):
         for name in ("input", "output_dir", "runner"):
@@ -77,6 +89,9 @@ class ExtractConfig:
             if not isinstance(value, str) or not value.strip():
                 raise ValueError("%s: must be a non-empty string, got %r" %
                                  (name, value))
+        if self.input_format not in options.INPUT_FORMATS:
+            raise ValueError("input_format: must be one of %s, got %r" % (
+                ", ".join(options.INPUT_FORMATS), self.input_format))
         for name, lowest in (("num_shards", 1), ("workers", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(

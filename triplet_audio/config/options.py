@@ -59,3 +59,12 @@ lower case without the dot: what a directory input picks up by default."""
 LOCAL_RUNNER = "local"
 """The extraction runner of worker processes on this machine; any other
 `--runner` names an Apache Beam runner."""
+
+CSV_FORMAT = "csv"
+"""`--input_format` of a directory, glob or `path,labels[,split]` CSV."""
+AUTO_FORMAT = "auto"
+"""`--input_format` that detects a dataset layout from its metadata files."""
+DATASET_FORMATS = ("audioset", "fsd50k", "esc50", "urbansound8k")
+"""Datasets read as distributed (`features.datasets`)."""
+INPUT_FORMATS = (CSV_FORMAT,) + DATASET_FORMATS + (AUTO_FORMAT,)
+"""Every `--input_format` value of bin/extract_features and bin/embed."""

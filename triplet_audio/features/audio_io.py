@@ -17,6 +17,12 @@ input sits in memory at a time, so hours-long recordings are fine:
 clip); it goes through the same stream, so its result is bit-identical to the
 concatenated blocks.
 
+A segment of a longer recording (an AudioSet clip inside a file holding the
+whole video) is read with `open_segment(path, start, end)`: the stream then
+seeks to `start` and stops at `end`; a file no longer than the segment (by
+more than `CUT_TOLERANCE_SECONDS`) is taken to be the clip already cut and
+read whole.
+
 Anything that makes a file unusable raises `AudioError`, whose `kind` is one
 of the `KIND_*` constants below and whose message names the file and the kind.
 A silent (all-zero) file is valid; `AudioStream.silent` reports it so callers
@@ -76,6 +82,11 @@ _UNKNOWN_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)
 _ESTIMATED_LENGTH_FORMATS = ("MP3",)
 _ESTIMATE_TOLERANCE = 0.01
 _ESTIMATE_TOLERANCE_FRAMES = 4 * 1152  # Four MPEG-1 Layer III frames.
+
+CUT_TOLERANCE_SECONDS = 0.5
+"""A file longer than its segment (end - start) by more than this holds the
+whole recording and is cut to [start, end]; a shorter one is the segment
+already cut (downloaders trim to the segment, give or take a frame or two)."""
 
 
 class AudioError(ValueError):
@@ -222,6 +233,7 @@ class AudioStream:
         self.blocks_read = 0
         self.peak = 0.0
         self._iterated = False
+        self._segment = None  # (first, last) input frames, once cut.
         try:
             size = os.path.getsize(self.path)
         except OSError as e:
@@ -260,6 +272,44 @@ class AudioStream:
         return AudioInfo(self.path, f.samplerate, f.channels, f.frames,
                          f.format, f.subtype)
 
+    def cut(self, start_seconds, end_seconds=None):
+        """Restricts the stream to [start_seconds, end_seconds) of the file.
+
+        Call before iterating. Frames are counted at the file's rate
+        (rounded); the read seeks to the start where the format allows, and
+        otherwise reads and drops the frames before it. An end past the
+        file's end reads to the end.
+
+        Args:
+          start_seconds: segment start (>= 0).
+          end_seconds: segment end, or None for the end of the file.
+
+        Raises:
+          AudioError: (KIND_EMPTY) if the segment is empty or starts at or
+            after the end of the file.
+          RuntimeError: after iteration has started.
+        """
+        if self._iterated:
+            raise RuntimeError("%s: cut before iterating" % self.path)
+        rate = self.info.sample_rate
+        first = max(0, int(round(float(start_seconds) * rate)))
+        last = self.info.frames if end_seconds is None else min(
+            self.info.frames, int(round(float(end_seconds) * rate)))
+        if first >= self.info.frames or last <= first:
+            raise AudioError(
+                self.path, KIND_EMPTY,
+                "segment [%.3f, %s] s is empty or starts after the end of "
+                "the file (%.3f s)" % (
+                    float(start_seconds), "end" if end_seconds is None else
+                    "%.3f" % float(end_seconds),
+                    self.info.duration_seconds))
+        self._segment = (first, last)
+
+    @property
+    def segment_frames(self):
+        """(first, last) input frames of a cut stream, or None."""
+        return self._segment
+
     @property
     def silent(self):
         """True if every sample read so far is exactly zero."""
@@ -282,10 +332,11 @@ class AudioStream:
         self._iterated = True
         return self._blocks()
 
-    def _read_block(self):
+    def _read_block(self, frames=None):
         try:
-            data = self._file.read(self.block_frames, dtype="float32",
-                                   always_2d=True)
+            data = self._file.read(
+                self.block_frames if frames is None else frames,
+                dtype="float32", always_2d=True)
         except RuntimeError as e:
             # Decoders (FLAC, Vorbis) fail mid-stream on cut-off data.
             raise AudioError(
@@ -304,6 +355,8 @@ class AudioStream:
 
     def _check_length(self):
         declared = self.info.frames
+        if self._segment is not None:
+            declared = self._segment[1] - self._segment[0]
         shortfall = declared - self.frames_read
         if self.info.format in _ESTIMATED_LENGTH_FORMATS:
             shortfall -= max(int(declared * _ESTIMATE_TOLERANCE),
@@ -320,10 +373,19 @@ class AudioStream:
             resampler = soxr.ResampleStream(rate, C.SAMPLE_RATE, 1,
                                             dtype="float32",
                                             quality=self._quality)
-        while True:
-            data = self._read_block()
+        remaining = None
+        if self._segment is not None:
+            first, last = self._segment
+            self._skip_to(first)
+            remaining = last - first
+        while remaining is None or remaining > 0:
+            want = self.block_frames if remaining is None else min(
+                self.block_frames, remaining)
+            data = self._read_block(want)
             if not data.shape[0]:
                 break
+            if remaining is not None:
+                remaining -= data.shape[0]
             self.blocks_read += 1
             self.frames_read += data.shape[0]
             self.peak = max(self.peak, float(np.abs(data).max()))
@@ -334,7 +396,7 @@ class AudioStream:
             if mono.shape[0]:
                 self.samples_out += mono.shape[0]
                 yield mono
-            if data.shape[0] < self.block_frames:
+            if data.shape[0] < want:
                 break
         self._check_length()
         if resampler is not None:
@@ -343,6 +405,70 @@ class AudioStream:
             if tail.shape[0]:
                 self.samples_out += tail.shape[0]
                 yield tail
+
+    def _skip_to(self, frame):
+        """Positions the file at input frame `frame` (seek, else read)."""
+        if not frame:
+            return
+        if self._file.seekable():
+            try:
+                self._file.seek(frame)
+                return
+            except RuntimeError:
+                self._file.seek(0)  # Fall back to reading up to it.
+        skipped = 0
+        while skipped < frame:
+            data = self._read_block(min(self.block_frames, frame - skipped))
+            if not data.shape[0]:
+                break
+            skipped += data.shape[0]
+
+
+def is_whole_recording(duration_seconds, start_seconds, end_seconds):
+    """Whether a file of `duration_seconds` holds more than the segment.
+
+    Args:
+      duration_seconds: the file's duration.
+      start_seconds: the segment's start in the whole recording.
+      end_seconds: the segment's end.
+
+    Returns:
+      True if the file is longer than end - start by more than
+      `CUT_TOLERANCE_SECONDS` (cut it to the segment), False if it is the
+      segment already cut (read it whole).
+    """
+    return duration_seconds > (float(end_seconds) - float(start_seconds) +
+                               CUT_TOLERANCE_SECONDS)
+
+
+def open_segment(path, start_seconds=None, end_seconds=None,
+                 block_frames=DEFAULT_BLOCK_FRAMES):
+    """An `AudioStream` of a file, or of a segment of it.
+
+    Args:
+      path: an audio file.
+      start_seconds: None to read the whole file; else the segment's start
+        in the recording the file holds (AudioSet's start_seconds).
+      end_seconds: the segment's end (with `start_seconds`).
+      block_frames: input frames per block.
+
+    Returns:
+      an `AudioStream`, cut to [start, end] when the file holds more than
+      the segment (`is_whole_recording`); a context manager, iterate once.
+
+    Raises:
+      AudioError: as `AudioStream`, or (KIND_EMPTY) when the file is longer
+        than the segment but ends before the segment starts.
+    """
+    stream = AudioStream(path, block_frames=block_frames)
+    if start_seconds is not None and is_whole_recording(
+            stream.info.duration_seconds, start_seconds, end_seconds):
+        try:
+            stream.cut(start_seconds, end_seconds)
+        except AudioError:
+            stream.close()
+            raise
+    return stream
 
 
 def read_info(path):
@@ -361,8 +487,9 @@ def read_info(path):
         return stream.info
 
 
-def load_audio(path, block_frames=DEFAULT_BLOCK_FRAMES):
-    """Reads a whole (short) file as 16 kHz mono float32.
+def load_audio(path, block_frames=DEFAULT_BLOCK_FRAMES, start_seconds=None,
+               end_seconds=None):
+    """Reads a whole (short) file, or a segment of it, as 16 kHz mono float32.
 
     Streams like `AudioStream` and concatenates, so the result is identical to
     the blocks extraction sees. Logs a warning for a silent file.
@@ -370,6 +497,8 @@ def load_audio(path, block_frames=DEFAULT_BLOCK_FRAMES):
     Args:
       path: an audio file.
       block_frames: input frames per block.
+      start_seconds: None, or a segment to read (see `open_segment`).
+      end_seconds: the segment's end.
 
     Returns:
       float32 array [num_samples] at `constants.SAMPLE_RATE`.
@@ -377,7 +506,8 @@ def load_audio(path, block_frames=DEFAULT_BLOCK_FRAMES):
     Raises:
       AudioError: if the file is unusable (see the `KIND_*` constants).
     """
-    with AudioStream(path, block_frames=block_frames) as stream:
+    with open_segment(path, start_seconds, end_seconds,
+                      block_frames=block_frames) as stream:
         blocks = list(stream)
         if stream.silent:
             logging.warning("%s: silent (every sample is zero)", path)

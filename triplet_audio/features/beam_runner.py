@@ -76,8 +76,7 @@ def task_to_json(task):
     return json.dumps({
         "index": task.index,
         "num_shards": task.num_shards,
-        "items": [[i.path, i.recording_id, list(i.labels), i.split]
-                  for i in task.items],
+        "items": [shards.item_fields(i) for i in task.items],
         "pad_short": task.pad_short,
         "output_dir": task.output_dir,
         "fingerprint": task.fingerprint,
@@ -87,8 +86,8 @@ def task_to_json(task):
 def task_from_json(line):
     """The `shards.ShardTask` of a plan line (inverse of `task_to_json`)."""
     d = json.loads(line)
-    items = tuple(inputs.InputItem(path, rid, tuple(labels), split)
-                  for path, rid, labels, split in d["items"])
+    items = tuple(inputs.InputItem.from_extras(*fields)
+                  for fields in d["items"])
     return shards.ShardTask(
         index=d["index"], num_shards=d["num_shards"], items=items,
         pad_short=d["pad_short"], output_dir=d["output_dir"],

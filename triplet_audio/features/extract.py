@@ -4,6 +4,8 @@ The library behind bin/extract_features, in modules a runner can reuse:
 
   inputs        discover_inputs: directory / glob / CSV -> sorted
                 `InputItem`s and the class vocabulary
+  datasets      discover: the same for any --input_format (AudioSet,
+                FSD50K, ESC-50, UrbanSound8K as distributed, or auto)
   shards        the shard-writing core: files -> serialized records
                 (`process_files`), one shard -> its .tfrecord and .json
                 summary, renamed into place atomically (`write_shard`),
@@ -35,6 +37,7 @@ from triplet_audio import constants as C
 from triplet_audio.config import extract as extract_config
 from triplet_audio.config import jsonio
 from triplet_audio.config import options
+from triplet_audio.features import datasets
 from triplet_audio.features import inputs
 from triplet_audio.features import local_runner
 from triplet_audio.features import records
@@ -88,8 +91,13 @@ def _prepare_output_dir(output_dir, tasks):
                 os.remove(stale)
 
 
-def _manifest(config, classes, summaries):
-    """The corpus manifest: deterministic, no timings, no output paths."""
+def _manifest(config, classes, summaries, dataset_info=None):
+    """The corpus manifest: deterministic, no timings, no output paths.
+
+    A dataset layout adds "dataset" (`datasets.Discovery.info`: the layout
+    read, its metadata files, listed / found / missing files) and the
+    config's input_format; a plain input's manifest is as it always was.
+    """
     keys = ("files", "recordings", "records", "windows", "audio_seconds")
     shard_entries = []
     for s in summaries:
@@ -108,7 +116,7 @@ def _manifest(config, classes, summaries):
     def by_path(entries):
         return sorted(entries, key=lambda e: e["path"])
 
-    return {
+    manifest = {
         "frontend": C.frontend_params(),
         "classes": list(classes),
         "num_shards": config.num_shards,
@@ -120,6 +128,11 @@ def _manifest(config, classes, summaries):
         "skipped": by_path(skipped),
         "warnings": by_path(warnings),
     }
+    if config.input_format != options.CSV_FORMAT:
+        manifest["config"]["input_format"] = config.input_format
+    if dataset_info:
+        manifest["dataset"] = dataset_info
+    return manifest
 
 
 def _beam_module():
@@ -170,7 +183,9 @@ def run(config, progress_seconds=PROGRESS_SECONDS):
         # Checked before anything is written: a typo in the runner name
         # must not leave an output directory behind.
         beam_writer = _beam_module().BeamShardWriter(config)
-    items, classes = inputs.discover_inputs(config.input, config.extensions)
+    found = datasets.discover(config.input, config.extensions,
+                              config.input_format)
+    items, classes = found.items, found.classes
     tasks = shards.make_shard_tasks(items, config.num_shards,
                                     config.pad_short, config.output_dir)
     _prepare_output_dir(config.output_dir, tasks)
@@ -198,20 +213,21 @@ def run(config, progress_seconds=PROGRESS_SECONDS):
         summaries.update(beam_writer.write_shards(pending))
         return _finish(config, classes, tasks, summaries, dict(
             resumed, seconds=time.monotonic() - start, startup_seconds=None,
-            busy_seconds=None))
+            busy_seconds=None), found.info)
     workers = min(config.resolved_workers, len(pending))
     logging.info("extracting %d files into %d shards (%d to do) with %d "
                  "worker(s)", len(items), len(tasks), len(pending), workers)
     written, timings = local_runner.write_shards(pending, workers,
                                                  progress_seconds)
     summaries.update(written)
-    return _finish(config, classes, tasks, summaries, dict(resumed, **timings))
+    return _finish(config, classes, tasks, summaries, dict(resumed, **timings),
+                   found.info)
 
 
-def _finish(config, classes, tasks, summaries, timings):
+def _finish(config, classes, tasks, summaries, timings, dataset_info=None):
     """Writes manifest.json and returns it merged with `timings`."""
     manifest = _manifest(config, classes,
-                         [summaries[t.index] for t in tasks])
+                         [summaries[t.index] for t in tasks], dataset_info)
     jsonio.write_json(os.path.join(config.output_dir, records.MANIFEST_NAME),
                       manifest, indent=shards.SUMMARY_INDENT)
     totals = manifest["totals"]
@@ -222,6 +238,11 @@ def _finish(config, classes, tasks, summaries, timings):
         totals["files"], totals["records"], totals["windows"],
         totals["audio_seconds"], totals["failed"], totals["skipped"],
         records.MANIFEST_NAME, config.output_dir)
+    if dataset_info:
+        logging.info("%s: %d of %d listed files were present, %d missing "
+                     "(listed in %s)", dataset_info["layout"],
+                     dataset_info["found"], dataset_info["listed"],
+                     dataset_info["missing"], records.MANIFEST_NAME)
     return dict(manifest, **timings)
 
 

@@ -38,15 +38,53 @@ class InputItem:
 
     Attributes:
       path: absolute path of the file.
-      recording_id: its path relative to the input root, without extension.
+      recording_id: its path relative to the input root, without extension
+        (a dataset's own clip id for a dataset layout, `features.datasets`).
       labels: class indices into the vocabulary (sorted, unique).
-      split: split name from the CSV, or "".
+      split: split name from the CSV (or the dataset's split or fold), or "".
+      start: None, or the start in seconds of the segment this item is
+        within a longer recording (an AudioSet segment of a file holding the
+        whole video). A file no longer than the segment by more than
+        `audio_io.CUT_TOLERANCE_SECONDS` is taken to be the segment already
+        cut, and read whole (`audio_io.open_segment`).
+      end: the segment's end in seconds (with `start`).
+      events: None, or strong labels: (start_s, end_s, class index) tuples,
+        times from the start of the segment; written as per-window labels
+        (`records.WINDOW_LABELS`). () is a strongly labelled segment without
+        events.
     """
 
     path: str
     recording_id: str
     labels: tuple = ()
     split: str = ""
+    start: float = None
+    end: float = None
+    events: tuple = None
+
+    def extras(self):
+        """The fields beyond (path, recording_id, labels, split) that are set.
+
+        Returns:
+          dict of the set ones among start, end and events ({} for an item of
+          a plain input: its fingerprint and plan line stay as they were).
+        """
+        out = {}
+        if self.start is not None:
+            out.update(start=self.start, end=self.end)
+        if self.events is not None:
+            out["events"] = [list(e) for e in self.events]
+        return out
+
+    @classmethod
+    def from_extras(cls, path, recording_id, labels, split, extras=None):
+        """The item `extras()` describes (inverse of it, for plan files)."""
+        extras = extras or {}
+        events = extras.get("events")
+        return cls(path, recording_id, tuple(labels), split,
+                   start=extras.get("start"), end=extras.get("end"),
+                   events=None if events is None else tuple(
+                       (float(a), float(b), int(c)) for a, b, c in events))
 
 
 # ------------------------------------------------------------ globs ---
@@ -136,6 +174,15 @@ def _walk_directory(root, extensions):
         found.extend(os.path.join(dirpath, f) for f in filenames
                      if not f.startswith(".") and extension(f) in extensions)
     return found
+
+
+def walk_directory(root, extensions):
+    """Every file under `root` with one of `extensions` (unsorted).
+
+    Symlinked directories are followed, each real directory once; hidden
+    entries are skipped.
+    """
+    return _walk_directory(root, tuple(extensions))
 
 
 def read_csv(csv_path):

@@ -30,6 +30,18 @@ Example features (keys are the constants below):
   split         bytes   optional split name from the input CSV ("" if none)
   source_path   bytes   the audio file the record came from
 
+Only in records of strongly labelled segments (AudioSet's strong labels,
+`inputs.InputItem.events`; absent from every other record, whose bytes are
+unchanged by their existence):
+
+  window_labels        int64 [sum of counts] class indices of each window,
+                       window after window
+  window_label_counts  int64 [W] how many of them belong to each window
+
+A window carries a class when one of its events overlaps the window's
+0.975 s of audio (`window_labels_of_events`); `example_window_labels` reads
+them back.
+
 `parse_example` decodes one serialized record into the dict the samplers
 consume; nothing downstream of it sees the file format.
 """
@@ -55,6 +67,8 @@ CHUNK_INDEX = "chunk_index"
 LABELS = "labels"
 SPLIT = "split"
 SOURCE_PATH = "source_path"
+WINDOW_LABELS = "window_labels"
+WINDOW_LABEL_COUNTS = "window_label_counts"
 
 SHARD_SUFFIX = ".tfrecord"
 MANIFEST_NAME = "manifest.json"
@@ -81,8 +95,51 @@ def shard_name(index, num_shards):
     return "shard-%05d-of-%05d%s" % (index, num_shards, SHARD_SUFFIX)
 
 
+def window_labels_of_events(events, start_times):
+    """Per-window labels of strongly labelled events.
+
+    Args:
+      events: iterable of (start_s, end_s, class index), times from the start
+        of the recording (segment).
+      start_times: [W] window starts in seconds, same origin.
+
+    Returns:
+      list of W sorted tuples of distinct class indices: the classes of the
+      events that overlap [start, start + 0.975 s) of each window by more
+      than zero.
+    """
+    span = C.MIN_WINDOW_SAMPLES / float(C.SAMPLE_RATE)
+    out = []
+    for start in np.asarray(start_times, np.float64).reshape(-1):
+        end = start + span
+        out.append(tuple(sorted({int(c) for a, b, c in events
+                                 if min(end, float(b)) > max(start,
+                                                             float(a))})))
+    return out
+
+
+def example_window_labels(example):
+    """The per-window labels of a tf.train.Example, or None if it has none.
+
+    Args:
+      example: a tf.train.Example (Python object).
+
+    Returns:
+      list of W tuples of class indices, or None for a record without
+      `WINDOW_LABEL_COUNTS`.
+    """
+    f = example.features.feature
+    if WINDOW_LABEL_COUNTS not in f:
+        return None
+    counts = list(f[WINDOW_LABEL_COUNTS].int64_list.value)
+    flat = list(f[WINDOW_LABELS].int64_list.value)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+    return [tuple(flat[offsets[i]:offsets[i + 1]])
+            for i in range(len(counts))]
+
+
 def make_example(logmel, start_times, recording_id, labels=(), chunk_index=0,
-                 split="", source_path=""):
+                 split="", source_path="", window_labels=None):
     """Builds one record.
 
     Args:
@@ -93,6 +150,8 @@ def make_example(logmel, start_times, recording_id, labels=(), chunk_index=0,
       chunk_index: int, index of this chunk within the recording.
       split: str, optional split name.
       source_path: str, the audio file.
+      window_labels: None, or W iterables of class indices (strong labels;
+        see the module docstring).
 
     Returns:
       tf.train.Example.
@@ -128,6 +187,13 @@ def make_example(logmel, start_times, recording_id, labels=(), chunk_index=0,
         SPLIT: _bytes(split.encode("utf-8")),
         SOURCE_PATH: _bytes(source_path.encode("utf-8")),
     }
+    if window_labels is not None:
+        window_labels = [sorted(int(c) for c in w) for w in window_labels]
+        if len(window_labels) != logmel.shape[0]:
+            raise ValueError("%d window label lists for %d windows" %
+                             (len(window_labels), logmel.shape[0]))
+        feature[WINDOW_LABELS] = _ints(c for w in window_labels for c in w)
+        feature[WINDOW_LABEL_COUNTS] = _ints(len(w) for w in window_labels)
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 

@@ -191,10 +191,14 @@ def _records_of_windows(windows, item):
         chunk = windows[first:first + limit]
         starts = (first + np.arange(chunk.shape[0])) * (
             C.WINDOW_HOP_SAMPLES / float(C.SAMPLE_RATE))
+        window_labels = None
+        if item.events is not None:
+            window_labels = records.window_labels_of_events(item.events,
+                                                            starts)
         example = records.make_example(
             chunk, starts, item.recording_id, labels=item.labels,
             chunk_index=len(serialized), split=item.split,
-            source_path=item.path)
+            source_path=item.path, window_labels=window_labels)
         # deterministic=True sorts the feature map: the same bytes each run.
         serialized.append(example.SerializeToString(deterministic=True))
     return serialized
@@ -284,8 +288,10 @@ def process_files(items, pad_short=True,
     for item in items:
         pending = _PendingFile(item)
         try:
-            with audio_io.AudioStream(item.path,
-                                      block_frames=block_frames) as stream:
+            # An item with start/end is a segment, cut from a file that holds
+            # the whole recording (audio_io.open_segment).
+            with audio_io.open_segment(item.path, item.start, item.end,
+                                       block_frames=block_frames) as stream:
                 for segments in _segments_of_stream(stream, pad_short):
                     queued.append((pending, segments))
                     queued_windows += segments.shape[0]
@@ -321,10 +327,20 @@ def process_file(item, pad_short=True,
 # ------------------------------------------------------------ one shard ---
 
 
+def item_fields(item):
+    """An item as JSON-able fields: [path, recording_id, labels, split]
+    (+ its `extras()` when it has any: segment bounds, strong labels)."""
+    fields = [item.path, item.recording_id, list(item.labels), item.split]
+    extras = item.extras()
+    return fields + [extras] if extras else fields
+
+
 def _shard_fingerprint(items, pad_short, num_shards):
+    # Items of plain inputs have no extras: their fingerprints (and so the
+    # corpora's summaries) are what they were before segments existed.
     payload = json.dumps(
         [_FORMAT_VERSION, C.frontend_params(), bool(pad_short), num_shards,
-         [[i.path, i.recording_id, list(i.labels), i.split] for i in items]],
+         [item_fields(i) for i in items]],
         sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 

@@ -6,11 +6,16 @@ The library behind bin/embed. `embed_corpus` reads either
     holding manifest.json, a directory of shards, a shard glob or
     comma-separated globs), or
   * audio files (a directory searched recursively, a glob, or a CSV
-    `path,labels[,split]`, listed by `inputs.discover_inputs`), read with
+    `path,labels[,split]`, listed by `inputs.discover_inputs`; or a dataset
+    as distributed, `input_format` one of AudioSet, FSD50K, ESC-50,
+    UrbanSound8K or auto, listed by `datasets.discover`: its labels, split
+    or fold, and AudioSet segments cut from whole-video files), read with
     `audio_io.load_audio` and cut into windows by the front end,
 
-and writes one row per 0.96 s window, grouped into segments (segment =
-recording), with multi-hot labels and split names, through
+and writes one row per 0.96 s window (windows `window_hop_seconds` apart:
+0.96, non-overlapping, by default; audio input can be cut denser), grouped
+into segments (segment = recording), with multi-hot labels and split names,
+through
 `embeddings_io.write_embeddings`, so `bin/evaluate` reads every
 representation alike.
 
@@ -43,6 +48,8 @@ import tensorflow as tf
 
 from triplet_audio import constants as C
 from triplet_audio.serving import embeddings_io
+from triplet_audio.config import options
+from triplet_audio.features import datasets
 from triplet_audio.features import frontend
 from triplet_audio.features import inputs
 from triplet_audio.features import records
@@ -225,11 +232,13 @@ class _Progress:
 # ---------------------------------------------------------------- inputs ---
 
 
-def input_kind(input_spec):
+def input_kind(input_spec, input_format=options.CSV_FORMAT):
     """Whether `input_spec` names a TFRecord corpus or audio files.
 
     Args:
       input_spec: see `embed_corpus`.
+      input_format: see `embed_corpus`; a dataset layout (named, or found
+        by auto) is audio.
 
     Returns:
       `INPUT_TFRECORD` or `INPUT_AUDIO`.
@@ -239,6 +248,12 @@ def input_kind(input_spec):
     """
     from triplet_audio.features import audio_io  # pylint: disable=g-import-not-at-top
     spec = str(input_spec)
+    if input_format == options.AUTO_FORMAT:
+        input_format = datasets.detect_format(spec)
+    if input_format != options.CSV_FORMAT:
+        if not os.path.exists(spec):
+            raise FileNotFoundError("input: %s does not exist" % spec)
+        return INPUT_AUDIO
     if os.path.isdir(spec):
         if os.path.exists(os.path.join(spec, records.MANIFEST_NAME)) or (
                 inputs.expand_globs(
@@ -337,25 +352,40 @@ def _tfrecord_segments(input_spec, batcher, progress):
     return segments, counts
 
 
-def _audio_windows(waveform):
-    """Log-mel windows of a 16 kHz waveform, computed in bounded pieces.
+def _audio_window_pieces(waveform, hop_frames=C.WINDOW_FRAMES):
+    """Log-mel windows of a 16 kHz waveform, in bounded pieces.
 
     Pieces of `MAX_WINDOWS_PER_RECORD` windows start on window boundaries,
     which are whole STFT hops apart, so the frames (and windows) are those of
     the whole waveform while the STFT of an hour-long file never sits in
     memory at once.
+
+    Args:
+      waveform: float32 [num_samples] at 16 kHz.
+      hop_frames: STFT frames between window starts (96: non-overlapping).
+
+    Yields:
+      float32 arrays [count, 96, 64], in order.
     """
     num = waveform.shape[0]
     if num < C.MIN_WINDOW_SAMPLES:
-        return _windows_fn(waveform).numpy()
-    total = frontend.num_windows_for_samples(num)
-    pieces = []
+        yield _windows_fn(waveform).numpy()
+        return
+    total = frontend.num_windows_for_samples(num, hop_frames=hop_frames)
     for first in range(0, total, C.MAX_WINDOWS_PER_RECORD):
         count = min(C.MAX_WINDOWS_PER_RECORD, total - first)
-        start = first * C.WINDOW_HOP_SAMPLES
-        piece = waveform[start:start + frontend.samples_for_windows(count)]
-        pieces.append(_windows_fn(piece).numpy())
-    return np.concatenate(pieces)
+        start = first * hop_frames * C.STFT_HOP_SAMPLES
+        piece = waveform[start:start + frontend.samples_for_windows(
+            count, hop_frames)]
+        if hop_frames == C.WINDOW_FRAMES:
+            yield _windows_fn(piece).numpy()
+        else:
+            yield _dense_windows_fn(piece, hop_frames).numpy()
+
+
+def _audio_windows(waveform, hop_frames=C.WINDOW_FRAMES):
+    """All of `_audio_window_pieces`, concatenated."""
+    return np.concatenate(list(_audio_window_pieces(waveform, hop_frames)))
 
 
 @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)],
@@ -364,21 +394,39 @@ def _windows_fn(waveform):
     return frontend.waveform_to_windows(waveform, pad_short=True)
 
 
-def _audio_segments(input_spec, batcher, progress):
-    """Embeds audio files; unusable ones are listed, not fatal."""
+@tf.function(input_signature=[tf.TensorSpec([None], tf.float32),
+                              tf.TensorSpec([], tf.int32)],
+             reduce_retracing=True, autograph=False)
+def _dense_windows_fn(waveform, hop_frames):
+    # Overlapping windows of a waveform of at least one window.
+    return frontend.waveform_to_windows(waveform, pad_short=False,
+                                        hop_frames=hop_frames)
+
+
+def _audio_segments(input_spec, batcher, progress,
+                    input_format=options.CSV_FORMAT,
+                    hop_frames=C.WINDOW_FRAMES):
+    """Embeds audio files; unusable ones are listed, not fatal.
+
+    A file's windows go to the batcher piece by piece (`_audio_window_pieces`,
+    keyed (file, piece)), so with dense hops a long file's windows never sit
+    in memory at once: only its embeddings do.
+    """
     from triplet_audio.features import audio_io  # pylint: disable=g-import-not-at-top
-    items, classes = inputs.discover_inputs(input_spec)
+    found = datasets.discover(input_spec, input_format=input_format)
+    items, classes = found.items, found.classes
     segments, failures = [], []
-    by_key = {}
     audio_seconds = 0.0
 
     def collect(done):
-        for key, emb in done:
-            segments[by_key[key]]["embeddings"] = [emb]
+        for (segment, piece), emb in done:
+            segments[segment]["embeddings"][piece] = emb
 
     for item in items:
         try:
-            waveform = audio_io.load_audio(item.path)
+            waveform = audio_io.load_audio(item.path,
+                                           start_seconds=item.start,
+                                           end_seconds=item.end)
             if waveform.shape[0] == 0:
                 raise audio_io.AudioError(item.path, audio_io.KIND_EMPTY,
                                           "no samples")
@@ -388,29 +436,32 @@ def _audio_segments(input_spec, batcher, progress):
                              "kind": getattr(e, "kind", type(e).__name__)})
             continue
         audio_seconds += waveform.shape[0] / float(C.SAMPLE_RATE)
-        windows = _audio_windows(waveform)
-        by_key[item.path] = len(segments)
-        segments.append({
+        num_windows = frontend.num_windows_for_samples(
+            waveform.shape[0], hop_frames=hop_frames)
+        segment = {
             "id": item.recording_id,
-            "embeddings": None,
-            "start_times": [np.arange(windows.shape[0], dtype=np.float32) *
-                            np.float32(C.WINDOW_SECONDS)],
+            "embeddings": [],
+            # 96 frames: 0.96 exactly, the start times there always were.
+            "start_times": [np.arange(num_windows, dtype=np.float32) *
+                            np.float32(hop_frames * C.STFT_HOP_SECONDS)],
             "labels": sorted(item.labels),
             "split": item.split,
-        })
-        collect(batcher.add(item.path, windows))
+        }
+        segments.append(segment)
+        for piece, windows in enumerate(_audio_window_pieces(waveform,
+                                                             hop_frames)):
+            segment["embeddings"].append(None)
+            collect(batcher.add((len(segments) - 1, piece), windows))
         progress.maybe_log(batcher.windows_done, len(segments))
     collect(batcher.flush())
     progress.maybe_log(batcher.windows_done, len(segments), force=True)
-    for seg in segments:
-        seg["embeddings"] = seg["embeddings"] or []
     if not segments:
         raise EmbedError("input: none of the %d audio file(s) of %s could be "
                          "read (first: %s)" % (len(items), input_spec,
                                                failures[0]["reason"]))
     counts = {"files": len(items), "failed": len(failures),
               "audio_seconds": round(audio_seconds, 3)}
-    return segments, counts, failures, list(classes)
+    return segments, counts, failures, list(classes), found
 
 
 # ------------------------------------------------------------------ main ---
@@ -418,7 +469,9 @@ def _audio_segments(input_spec, batcher, progress):
 
 # `input` is the flag's name (the command-line contract), hence the builtin's.
 def embed_corpus(input, output, saved_model=None, representation=None,  # pylint: disable=redefined-builtin
-                 batch_size=512, num_output_shards=1):
+                 batch_size=512, num_output_shards=1,
+                 input_format=options.CSV_FORMAT,
+                 window_hop_seconds=C.DEFAULT_WINDOW_HOP_SECONDS):
     """Embeds every window of a corpus and writes an embeddings file.
 
     Args:
@@ -431,6 +484,14 @@ def embed_corpus(input, output, saved_model=None, representation=None,  # pylint
       representation: "logmel" for the flattened log-mel baseline (float16).
       batch_size: windows per inference call.
       num_output_shards: output `.npz` shards (a segment never spans two).
+      input_format: one of `options.INPUT_FORMATS`: "csv" (the inputs
+        above), a dataset layout whose root (or metadata file) `input` is,
+        or "auto" (`datasets.detect_format`). A dataset's files missing
+        from its folder are listed in the output's metadata ("dataset").
+      window_hop_seconds: seconds between window starts for audio input, a
+        multiple of 0.01 from 0.01 to 0.96 (default 0.96: non-overlapping;
+        smaller: overlapping windows, start times `hop` apart). A TFRecord
+        corpus holds non-overlapping windows only.
 
     Returns:
       A summary dict: input_kind, representation, embedding_size, segments,
@@ -455,19 +516,32 @@ def embed_corpus(input, output, saved_model=None, representation=None,  # pylint
             batch_size < 1):
         raise EmbedError("batch_size: must be an integer >= 1, got %r" %
                          (batch_size,))
-    kind = input_kind(input)
+    if input_format not in options.INPUT_FORMATS:
+        raise EmbedError("input_format: %r is not one of %s" % (
+            input_format, ", ".join(options.INPUT_FORMATS)))
+    try:
+        hop_frames = C.window_hop_frames(window_hop_seconds)
+    except ValueError as e:
+        raise EmbedError(str(e)) from None
+    kind = input_kind(input, input_format)
+    if kind == INPUT_TFRECORD and hop_frames != C.WINDOW_FRAMES:
+        raise EmbedError(
+            "window_hop_seconds: %s is a TFRecord corpus, which holds "
+            "non-overlapping %g s windows only; embed the audio files for a "
+            "hop of %g s" % (input, C.WINDOW_SECONDS, window_hop_seconds))
     embedder = (_LogmelEmbedder() if representation is not None
                 else _SavedModelEmbedder(saved_model))
     batcher = _Batcher(embedder, int(batch_size))
     failures = []
+    found = None
     if kind == INPUT_TFRECORD:
         progress = _Progress("records")
         segments, counts = _tfrecord_segments(input, batcher, progress)
         class_names = _manifest_classes(input)
     else:
         progress = _Progress("files")
-        segments, counts, failures, class_names = _audio_segments(
-            input, batcher, progress)
+        segments, counts, failures, class_names, found = _audio_segments(
+            input, batcher, progress, input_format, hop_frames)
     if not segments:
         raise EmbedError("input: %s holds no window to embed" % input)
     emb_set = _embedding_set(segments, class_names, embedder, input)
@@ -481,10 +555,14 @@ def embed_corpus(input, output, saved_model=None, representation=None,  # pylint
         "saved_model": embedder.metadata.get("saved_model"),
         "export": embedder.metadata.get("export"),
         "frontend": C.frontend_params(),
+        "window_hop_seconds": round(hop_frames * C.STFT_HOP_SECONDS, 6),
         "counts": dict(counts, segments=emb_set.num_segments,
                        windows=emb_set.num_windows),
         "failures": failures,
     }
+    if found is not None and found.info:
+        emb_set.metadata["input_format"] = input_format
+        emb_set.metadata["dataset"] = found.info
     paths = embeddings_io.write_embeddings(output, emb_set,
                                            num_shards=num_output_shards)
     summary = {
