@@ -19,7 +19,8 @@ def _version():
 # `triplet-audio NAME` too. Namespaced, because bare names would clash with
 # other packages' commands, and `export` is a shell builtin.
 COMMANDS = ("extract_features", "train", "export", "embed", "evaluate",
-            "demo", "inspect_triplets", "data_service", "make_corpus")
+            "demo", "inspect_triplets", "data_service", "make_corpus",
+            "index", "search", "train_classifier")
 CONSOLE_SCRIPTS = ["triplet-audio=triplet_audio.cli.commands:main"] + [
     "triplet-audio-%s=triplet_audio.cli.commands:%s" % (
         name.replace("_", "-"), name) for name in COMMANDS]
@@ -42,10 +43,12 @@ setup(
         "absl-py>=2.1,<3",
         "numpy>=1.26,<3",
         "scikit-learn>=1.5,<2",
+        "threadpoolctl>=3.1,<4",
         "soundfile>=0.12.1,<0.15",
         "soxr>=0.5,<2",
         "matplotlib>=3.8,<4",
         "tensorboard>=2.20,<2.22",
+        "faiss-cpu>=1.12,<2",
     ],
     extras_require={
         # Beam runners for bin/extract_features (--runner=DirectRunner, ...).
@@ -53,6 +56,7 @@ setup(
         # The same, plus what DataflowRunner needs to submit a job.
         "dataflow": ["apache-beam[gcp]>=2.69,<3"],
         # Beam too, so that CI runs the Beam-vs-local extraction tests.
-        "test": ["pytest>=8,<10", "apache-beam>=2.69,<3"],
+        "test": ["pytest>=8,<10", "apache-beam>=2.69,<3",
+                 "selenium>=4.20,<5"],
     },
 )

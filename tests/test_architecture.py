@@ -15,7 +15,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 # The path of the data, first to last (README "Architecture").
 STAGES = ("constants", "config", "features", "sampling", "model", "training",
-          "serving", "evaluation", "demo", "cli")
+          "serving", "hear", "search", "evaluation", "demo", "cli")
 
 
 def _modules():

@@ -8,7 +8,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GROUPS = ("corpus", "extract", "embed", "evaluate", "sampler", "train",
-          "export", "inspect", "demo", "data_service")
+          "export", "inspect", "demo", "data_service", "index", "search")
 
 
 @pytest.mark.parametrize("order", [GROUPS, GROUPS[::-1],

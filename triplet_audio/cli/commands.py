@@ -39,6 +39,9 @@ FLAG_GROUPS = {
                           flagdefs.define_inspect_flags), ()),
     "data_service": ((flagdefs.define_data_service_flags,), ()),
     "make_corpus": ((flagdefs.define_corpus_flags,), ()),
+    "index": ((flagdefs.define_index_flags,), ()),
+    "search": ((flagdefs.define_search_flags,), ()),
+    "train_classifier": ((flagdefs.define_classifier_flags,), ()),
 }
 
 
@@ -82,7 +85,12 @@ def extract_features():
 
       bin/extract_features --input=DIR|GLOB|CSV --output_dir=DIR
           [--num_shards=N] [--workers=N] [--strict] [--nopad_short]
+      bin/extract_features --input=/data/ESC-50-master --input_format=auto
+          --output_dir=DIR
 
+    --input_format=audioset|fsd50k|esc50|urbansound8k reads a dataset as
+    distributed (its labels, split or fold; files it lists but the folder
+    lacks are listed in the manifest, not an error); auto detects it.
     Writes shard-NNNNN-of-MMMMM.tfrecord (+ .json summaries) and
     manifest.json to --output_dir. Re-running after an interruption finishes
     the missing shards. Exit status: 0 success, 1 nothing extracted (or
@@ -118,8 +126,10 @@ def export():
     """Exports a training run to a SavedModel (waveform -> embeddings).
 
       bin/export --model_dir=runs/proximity --export_dir=exports/proximity
+          [--window_hop_seconds=0.96] [--tflite [--tflite_variants=...]]
 
-    Reads the run's config.json; nothing needs repeating.
+    Reads the run's config.json; nothing needs repeating. --tflite also
+    writes TFLite models (16 kHz waveform in, log-mel front end inside).
     """
     define_flags("export")
     _run(export, mains.export_main)
@@ -134,7 +144,8 @@ def embed():
           --output=emb/logmel/eval.npz
 
     --input is a TFRecord corpus (bin/extract_features) or audio files (a
-    directory, glob or CSV path,labels[,split]); unreadable audio files are
+    directory, glob or CSV path,labels[,split], or a dataset's root with
+    --input_format, as for bin/extract_features); unreadable audio files are
     listed in the output's metadata, the rest embedded. The output is what
     bin/evaluate reads.
     """
@@ -152,6 +163,13 @@ def evaluate():
     classification, and writes results.json, report.md (Table 1 / Table 2
     rows), per-class AP and projection plots, and TensorBoard projector TSVs
     to --output_dir. For a small corpus pass e.g. --qbe_min_count=10.
+
+      bin/evaluate --train=emb/esc50.npz --protocol=linear_probe
+          --output_dir=results/esc50
+
+    --protocol=linear_probe (or both) adds the linear probe: a linear
+    classifier and a 1x512 MLP on clip embeddings, cross-validated over the
+    dataset's folds or scored on its eval split (--eval optional).
     """
     define_flags("evaluate")
     _run(evaluate, mains.evaluate_main)
@@ -223,6 +241,7 @@ def make_corpus():
 
       bin/make_corpus --output_dir=/tmp/corpus [--num_train=240] [--num_eval=120]
           [--seed=0] [--duration_s=10] [--num_classes=0] [--workers=1]
+          [--corpus_version=2]
 
     Then extract each split on its own, e.g.
       bin/extract_features --input=/tmp/corpus/train.csv --output_dir=...
@@ -243,6 +262,87 @@ def make_corpus():
         logging.info("Labels: %s (train: %s, eval: %s)", summary["labels_csv"],
                      summary["train_csv"], summary["eval_csv"])
     _run_main(make_corpus, main)
+
+
+def index():
+    """Builds a nearest-neighbour index of embeddings, for bin/search.
+
+      bin/index --embeddings=emb/proximity/eval.npz --output=index/proximity
+          [--level=window|recording] [--index_type=auto|exact|hnsw|ivfpq]
+      bin/index --input=/data/audio --saved_model=exports/proximity
+          --output=index/proximity
+      bin/index --embeddings=emb/proximity/new.npz --output=index/proximity
+          --add
+
+    --embeddings is the --output PATH given to bin/embed. Each vector keeps
+    its recording, start time, labels and audio file; the index records the
+    export that made the vectors, and bin/search refuses queries embedded by
+    another. --add adds the recordings the index does not hold yet, without
+    rebuilding it. Writes are atomic: a killed build leaves the old index.
+    """
+    define_flags("index")
+
+    def body():
+        config = flagdefs.index_config_from_flags()
+        from triplet_audio.search import build  # pylint: disable=g-import-not-at-top
+        build.build_index(config)
+        return 0
+    _run(index, body)
+
+
+def search():
+    """Finds the recordings that sound like a query, in an index.
+
+      bin/search --index=index/proximity --saved_model=exports/proximity
+          --query=clip.wav [--k=10] [--format=table|json|csv]
+      bin/search --index=index/proximity --recording=ID [--label=dog]
+      bin/search --index=index/proximity --serve   # http://127.0.0.1:8000/
+
+    A query is an audio file (or --query_start / --query_end seconds of it),
+    embedded with the index's export, or a recording of the index. Each hit
+    is a recording, once, with its best-matching moments; the results go to
+    stdout. --serve serves a local web page instead (until Ctrl-C).
+    """
+    define_flags("search")
+
+    def body():
+        config = flagdefs.search_config_from_flags()
+        # pylint: disable=g-import-not-at-top
+        from triplet_audio.search import query
+        from triplet_audio.search import web
+        # pylint: enable=g-import-not-at-top
+        if config.serve:
+            web.run_serve(config)
+        else:
+            # The binary's result, for the user and for shell pipes.
+            sys.stdout.write(query.run_search(config))
+        return 0
+    _run(search, body)
+
+
+def train_classifier():
+    """Trains a classifier head on an export's embeddings and ships it.
+
+      bin/train_classifier --saved_model=exports/proximity
+          --input=/data/ESC-50-master --input_format=esc50
+          --export_dir=classifiers/esc50 [--head=linear|mlp_1x512]
+
+    Embeds the labelled corpus with the export (or reads --embeddings),
+    scores the head held out as bin/evaluate --protocol=linear_probe does
+    (the dataset's folds or its eval split), refits it on every labelled
+    clip and writes --export_dir/saved_model: a 16 kHz waveform in,
+    window_scores, clip_scores and start_times out, the class names in its
+    class_names signature and in metadata.json; results.json holds the
+    held-out score.
+    """
+    define_flags("train_classifier")
+
+    def body():
+        args = flagdefs.classifier_args_from_flags()
+        from triplet_audio.evaluation import classifier  # pylint: disable=g-import-not-at-top
+        classifier.train_and_export(**args)
+        return 0
+    _run(train_classifier, body)
 
 
 def main():
@@ -278,4 +378,7 @@ COMMANDS = {
     "inspect_triplets": inspect_triplets,
     "data_service": data_service,
     "make_corpus": make_corpus,
+    "index": index,
+    "search": search,
+    "train_classifier": train_classifier,
 }

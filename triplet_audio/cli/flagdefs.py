@@ -69,6 +69,9 @@ def define_export_flags():
     _define_if_missing(
         flags.DEFINE_boolean, "overwrite", False,
         "Replace an existing export in --export_dir.")
+    # --window_hop_seconds, --tflite, --tflite_variants: ServingConfig's.
+    from triplet_audio.config import serving as serving_config  # pylint: disable=g-import-not-at-top
+    fields.define_flags(serving_config.ServingConfig)
 
 
 @_once
@@ -100,6 +103,12 @@ def define_embed_flags():
         flags.DEFINE_integer, "num_output_shards", 1,
         "Output .npz shards (a segment never spans two).",
         lower_bound=1)
+    # The same flag as bin/extract_features' (ExtractConfig's field).
+    fields.define_flags(extract_config.ExtractConfig, only=("input_format",))
+    # The same flag as bin/export's (ServingConfig's field).
+    from triplet_audio.config import serving as serving_config  # pylint: disable=g-import-not-at-top
+    fields.define_flags(serving_config.ServingConfig,
+                        only=("window_hop_seconds",))
 
 
 @_once
@@ -129,9 +138,45 @@ def define_evaluate_flags():
 
 
 def export_args_from_flags():
-    """Keyword arguments of `export.export_run` from the parsed flags."""
+    """Keyword arguments of `export.export_run` from the parsed flags.
+
+    Raises:
+      ValueError: naming the flag of an invalid hop or TFLite variant.
+    """
+    from triplet_audio.config import serving as serving_config  # pylint: disable=g-import-not-at-top
+    config = fields.config_from_flags(serving_config.ServingConfig)
     return {"model_dir": FLAGS.model_dir, "export_dir": FLAGS.export_dir,
-            "overwrite": FLAGS.overwrite}
+            "overwrite": FLAGS.overwrite,
+            "window_hop_seconds": config.window_hop_seconds,
+            "tflite_variants": config.written_tflite_variants}
+
+
+# ------------------------------------------------------ shipped classifier
+@_once
+def define_classifier_flags():
+    """Flags of bin/train_classifier: `ClassifierExportConfig`'s, the
+    linear probe's settings (EvaluationConfig's) and --input_format."""
+    from triplet_audio.config import classifier as classifier_config  # pylint: disable=g-import-not-at-top
+    fields.define_flags(classifier_config.ClassifierExportConfig)
+    fields.define_flags(eval_config.EvaluationConfig, only=(
+        "seed", "probe_l2", "probe_max_iter", "probe_val_fraction"))
+    fields.define_flags(extract_config.ExtractConfig, only=("input_format",))
+
+
+def classifier_args_from_flags():
+    """Keyword arguments of `classifier.train_and_export` from the flags.
+
+    Raises:
+      ValueError: naming the flag that is missing or invalid.
+    """
+    from triplet_audio.config import classifier as classifier_config  # pylint: disable=g-import-not-at-top
+    return {"config": fields.config_from_flags(
+                classifier_config.ClassifierExportConfig),
+            "probe_config": eval_config.EvaluationConfig(
+                seed=FLAGS.eval_seed, probe_l2=tuple(FLAGS.probe_l2),
+                probe_max_iter=FLAGS.probe_max_iter,
+                probe_val_fraction=FLAGS.probe_val_fraction),
+            "input_format": FLAGS.input_format}
 
 
 # ------------------------------------------------------- synthetic corpus
@@ -214,7 +259,17 @@ def embed_args_from_flags():
             "saved_model": FLAGS.saved_model or None,
             "representation": FLAGS.representation or None,
             "batch_size": FLAGS.embed_batch_size,
-            "num_output_shards": FLAGS.num_output_shards}
+            "num_output_shards": FLAGS.num_output_shards,
+            "input_format": FLAGS.input_format,
+            "window_hop_seconds": _serving_config().window_hop_seconds}
+
+
+def _serving_config():
+    # bin/embed's part of ServingConfig: the hop (the TFLite fields are
+    # bin/export's).
+    from triplet_audio.config import serving as serving_config  # pylint: disable=g-import-not-at-top
+    return fields.config_from_flags(serving_config.ServingConfig,
+                                    exclude=("tflite", "tflite_variants"))
 
 
 def evaluate_args_from_flags():
@@ -228,11 +283,13 @@ def evaluate_args_from_flags():
       ValueError: naming the flag when a required one is missing or a value
         is invalid.
     """
-    for name in ("train", "eval", "output_dir"):
-        if not getattr(FLAGS, name):
-            raise ValueError("--%s is required" % name)
     config = fields.config_from_flags(eval_config.EvaluationConfig)
-    return {"train_path": FLAGS.train, "eval_path": FLAGS.eval,
+    # The linear probe alone can read one file holding the whole dataset.
+    optional = ("eval",) if config.protocol == eval_config.LINEAR_PROBE else ()
+    for name in ("train", "eval", "output_dir"):
+        if not getattr(FLAGS, name) and name not in optional:
+            raise ValueError("--%s is required" % name)
+    return {"train_path": FLAGS.train, "eval_path": FLAGS.eval or None,
             "output_dir": FLAGS.output_dir, "name": FLAGS.name,
             "config": config}
 
@@ -395,3 +452,42 @@ def tf_data_service_args_from_flags():
         address = service_config.parse_service_address(address)
     return {"tf_data_service": address,
             "tf_data_service_streams": FLAGS.tf_data_service_streams}
+
+
+# ------------------------------------------------------------ sound search
+@_once
+def define_index_flags():
+    """Flags of bin/index: `config.search.IndexConfig`'s."""
+    from triplet_audio.config import search as search_config  # pylint: disable=g-import-not-at-top
+    fields.define_flags(search_config.IndexConfig)
+
+
+def index_config_from_flags():
+    """Builds the validated `IndexConfig` from the parsed flags.
+
+    Raises:
+      ValueError: naming the flag that is missing or invalid.
+    """
+    from triplet_audio.config import search as search_config  # pylint: disable=g-import-not-at-top
+    return fields.config_from_flags(
+        search_config.IndexConfig).require_inputs()
+
+
+@_once
+def define_search_flags():
+    """Flags of bin/search: `SearchConfig`'s, and --saved_model."""
+    from triplet_audio.config import search as search_config  # pylint: disable=g-import-not-at-top
+    fields.define_flags(search_config.SearchConfig)
+    fields.define_flags(search_config.IndexConfig, only=("saved_model",))
+
+
+def search_config_from_flags():
+    """Builds the validated `SearchConfig` from the parsed flags.
+
+    Raises:
+      ValueError: naming the flag that is missing or invalid.
+    """
+    from triplet_audio.config import search as search_config  # pylint: disable=g-import-not-at-top
+    return fields.config_from_flags(
+        search_config.SearchConfig,
+        saved_model=FLAGS.saved_model or None).require_query()

@@ -23,6 +23,25 @@ CLASSIFIER_2X512 = "classifier_2x512"
 FEWSHOT = "fewshot"
 ALL_PARTS = (QBE, CLASSIFIER_1X512, CLASSIFIER_2X512, FEWSHOT)
 
+LINEAR_PROBE = "linear_probe"
+"""results.json key of the linear-probe evaluation (`evaluation.linear_probe`)."""
+PAPER_PROTOCOL = "paper"
+BOTH_PROTOCOLS = "both"
+PROTOCOLS = (PAPER_PROTOCOL, LINEAR_PROBE, BOTH_PROTOCOLS)
+"""bin/evaluate --protocol values: the paper's parts (`parts`), the linear
+probe on the dataset's folds or splits, or both."""
+PROBE_CLASSIFIERS = ("linear", "mlp_1x512")
+"""The linear probe's classifiers (`evaluation.linear_probe`)."""
+
+
+def _floats(values):
+    return tuple(float(v) for v in values)
+
+
+def _float_texts(values):
+    return ["%g" % v for v in values]
+
+
 LOGMEL_REPRESENTATION = "logmel"
 """The baseline's representation name (`bin/embed --representation`)."""
 
@@ -170,6 +189,36 @@ class EvaluationConfig(ClassifierTraining):
     fewshot_epochs: int = fields.setting(
         30, "Training epochs of each few-shot classifier.", lower_bound=1)
     allow_segment_overlap: bool = False
+    retrieval_k: int = fields.setting(
+        0, "Also report retrieval precision@K and mAP@K with every labelled "
+        "eval segment as a query, through a search index of the whole eval "
+        "set (no sampling; results.json key retrieval_at_k); 0 skips it. "
+        "The paper's sampled QbE is unchanged.", lower_bound=0)
+    protocol: str = fields.setting(
+        PAPER_PROTOCOL, "paper: the paper's QbE, classifier and few-shot "
+        "parts on --train / --eval; linear_probe: a linear classifier and a "
+        "1x512 MLP on frozen clip embeddings with the dataset's own folds "
+        "(foldN splits: cross-validation, mean and spread) or splits "
+        "(train / val / eval), accuracy for single-label data, mAP for "
+        "multi-label (--eval optional: the segments of --train and --eval "
+        "together); both: the two.", choices=PROTOCOLS)
+    probe_l2: Tuple[float, ...] = fields.setting(
+        (1e-5, 1e-4, 1e-3, 1e-2, 1e-1), "Linear probe: L2 penalties tried "
+        "(on the mean loss over standardised clip embeddings); the one "
+        "scoring best on the validation part is kept.", kind="list",
+        parse=_floats, format=_float_texts)
+    probe_classifiers: Tuple[str, ...] = fields.setting(
+        PROBE_CLASSIFIERS, "Linear probe: the classifiers trained, "
+        "comma-separated (linear, mlp_1x512). The MLP costs ~100x the "
+        "linear one on 6,144-d log-mel.", kind="list", parse=tuple,
+        format=list)
+    probe_max_iter: int = fields.setting(
+        500, "Linear probe: L-BFGS iterations at most per fit.",
+        lower_bound=1)
+    probe_val_fraction: float = fields.setting(
+        0.1, "Linear probe: share of the training segments held out for "
+        "validation when the data has no val split (nor folds).",
+        lower_bound=0.0, upper_bound=1.0)
 
     def __post_init__(self):
         self.validate()
@@ -202,6 +251,19 @@ class EvaluationConfig(ClassifierTraining):
             self._check_integer("qbe_min_count", 0)
         if self.fewshot_hidden_layers is not None:
             self._check_integer("fewshot_hidden_layers", 0)
+        if self.protocol not in PROTOCOLS:
+            self._bad("protocol", "must be one of %s" % ", ".join(PROTOCOLS))
+        self.probe_l2 = _floats(self.probe_l2)
+        if not self.probe_l2 or min(self.probe_l2) <= 0:
+            self._bad("probe_l2", "must be one or more values > 0")
+        self.probe_classifiers = tuple(self.probe_classifiers)
+        unknown = sorted(set(self.probe_classifiers) - set(PROBE_CLASSIFIERS))
+        if unknown or not self.probe_classifiers:
+            self._bad("probe_classifiers", "must be one or more of %s" %
+                      ", ".join(PROBE_CLASSIFIERS))
+        self._check_integer("probe_max_iter", 1)
+        if not 0 < self.probe_val_fraction < 1:
+            self._bad("probe_val_fraction", "must be in (0, 1)")
         return super().validate()
 
     def classifier(self, hidden_layers, epochs=None):

@@ -642,6 +642,13 @@ def evaluate(train_set, eval_set, config=None):
         logging.info("QbE mAP %.3f (chance %.3f) over %d classes in %.1f s",
                      results[QBE]["map"], results[QBE]["chance"],
                      results[QBE]["num_classes"], results["timings"][QBE])
+    if config.retrieval_k > 0:
+        # Every labelled eval segment a query, through a search index.
+        from triplet_audio.search import retrieval  # pylint: disable=g-import-not-at-top
+        start = time.perf_counter()
+        results[retrieval.PART] = retrieval.retrieval_at_k(
+            eval_set, k=config.retrieval_k)
+        results["timings"][retrieval.PART] = time.perf_counter() - start
     stats = None
     if set(config.parts) & {CLASSIFIER_1X512, CLASSIFIER_2X512, FEWSHOT}:
         stats = feature_stats(train_set)

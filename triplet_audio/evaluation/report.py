@@ -4,7 +4,10 @@ One evaluation run (`write_run_report`, what `bin/evaluate` calls through
 `evaluate_to_dir`) writes into its output directory:
 
   results.json           everything `metrics.evaluate` returned, plus name
-  report.md              Table 1 / Table 2 rows of this representation
+                         (and "linear_probe", `linear_probe.evaluate`'s,
+                         with --protocol=linear_probe or both)
+  report.md              Table 1 / Table 2 rows of this representation,
+                         and the linear probe's table
   per_class_ap.png       per-class AP bars of each part
   projection.png         2-D PCA of eval segment embeddings, coloured by
                          (first) class
@@ -17,6 +20,7 @@ gap, Table 2 (few-shot mean +- std) and per-class AP bars per
 representation.
 """
 
+import dataclasses
 import math
 import os
 
@@ -27,6 +31,8 @@ import numpy as np
 
 from triplet_audio.config import jsonio
 from triplet_audio.serving import embeddings_io
+from triplet_audio.config import evaluation as eval_config
+from triplet_audio.evaluation import linear_probe
 from triplet_audio.evaluation import metrics
 
 RESULTS_NAME = "results.json"
@@ -456,7 +462,13 @@ def write_run_report(results, output_dir, eval_set=None):
                "report": os.path.join(output_dir, REPORT_NAME)}
     write_results_json(results, written["results"])
     with open(written["report"], "w") as f:
-        f.write(build_markdown({name: results}, baseline=None))
+        paper = any(part in results for part in metrics.ALL_PARTS)
+        if paper:
+            f.write(build_markdown({name: results}, baseline=None))
+        if results.get(linear_probe.LINEAR_PROBE):
+            f.write(("\n" if paper else "# Evaluation\n\n") +
+                    linear_probe.markdown(results[linear_probe.LINEAR_PROBE],
+                                          name))
     plot = plot_per_class_ap({name: results},
                              os.path.join(output_dir, PER_CLASS_PLOT_NAME))
     if plot:
@@ -502,9 +514,15 @@ def write_comparison_report(results_paths, output_dir, baseline="logmel",
 def evaluate_to_dir(train_path, eval_path, output_dir, name=None, config=None):
     """What `bin/evaluate` does: read, evaluate, write the run's report.
 
+    `config.protocol` says which evaluations run: the paper's parts
+    (`metrics.evaluate`), the linear probe (`linear_probe.evaluate`, on the
+    clips of both sets, or of the train set alone when `eval_path` is None
+    or names the same files), or both.
+
     Args:
       train_path: file, glob or directory of the train embeddings.
-      eval_path: file, glob or directory of the held-out embeddings.
+      eval_path: file, glob or directory of the held-out embeddings (None:
+        the linear probe alone, on the train embeddings).
       output_dir: where results.json, report.md, plots and projector files
         go.
       name: row name in the tables; defaults to the representation.
@@ -513,9 +531,29 @@ def evaluate_to_dir(train_path, eval_path, output_dir, name=None, config=None):
     Returns:
       The results dict (also written to output_dir/results.json).
     """
+    config = config or metrics.EvaluationConfig()
     train_set = embeddings_io.read_embeddings(train_path)
-    eval_set = embeddings_io.read_embeddings(eval_path)
-    results = metrics.evaluate(train_set, eval_set, config)
+    if eval_path is None:
+        if config.protocol != eval_config.LINEAR_PROBE:
+            raise ValueError("eval: required by --protocol=%s" %
+                             config.protocol)
+        eval_set = train_set
+    elif config.protocol == eval_config.LINEAR_PROBE and (
+            embeddings_io.resolve_paths(eval_path) ==
+            embeddings_io.resolve_paths(train_path)):
+        eval_set = train_set  # One file holding the whole dataset.
+    else:
+        eval_set = embeddings_io.read_embeddings(eval_path)
+    if config.protocol == eval_config.LINEAR_PROBE:
+        results = {"representation": train_set.representation,
+                   "config": dataclasses.asdict(config)}
+        results["config"]["parts"] = []
+    else:
+        results = metrics.evaluate(train_set, eval_set, config)
+    if config.protocol != eval_config.PAPER_PROTOCOL:
+        results[linear_probe.LINEAR_PROBE] = linear_probe.evaluate(
+            train_set, eval_set, config)
+    results["protocol"] = config.protocol
     results["name"] = name or eval_set.representation
     write_run_report(results, output_dir, eval_set=eval_set)
     return results

@@ -1,0 +1,1 @@
+"""Sound search: nearest-neighbour indexes, queries and a local web page."""
