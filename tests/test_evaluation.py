@@ -346,7 +346,9 @@ def test_evaluate_flags_are_derived_from_the_config():
     assert set(values) == {"eval_seed", "qbe_num_pos", "qbe_num_neg",
                            "qbe_min_count", "classifier_epochs",
                            "fewshot_epochs", "fewshot_per_class",
-                           "fewshot_draws"}
+                           "fewshot_draws", "protocol", "probe_l2",
+                           "probe_classifiers", "probe_max_iter",
+                           "probe_val_fraction", "retrieval_k"}
     assert values["qbe_min_count"].default == 0  # None: the exact protocol.
     values(["prog"])
     assert fields.config_from_flags(ev.EvaluationConfig, values) == (
