@@ -46,22 +46,6 @@ LOGMEL_REPRESENTATION = "logmel"
 """The baseline's representation name (`bin/embed --representation`)."""
 
 
-def _zero_is_none(value):
-    # --qbe_min_count=0 is the exact protocol: no minimum.
-    return value or None
-
-
-def _none_is_zero(value):
-    return 0 if value is None else value
-
-
-def _is_integer(value):
-    try:
-        return not isinstance(value, bool) and int(value) == value
-    except (TypeError, ValueError):
-        return False
-
-
 @dataclasses.dataclass
 class ClassifierTraining:
     """How a shallow classifier is trained (the fields both configs share).
@@ -91,7 +75,7 @@ class ClassifierTraining:
 
     def _check_integer(self, name, minimum):
         value = getattr(self, name)
-        if not _is_integer(value) or value < minimum:
+        if not fields.is_integer(value) or value < minimum:
             self._bad(name, "must be an integer >= %d" % minimum)
 
     def validate(self):
@@ -179,8 +163,8 @@ class EvaluationConfig(ClassifierTraining):
         None, "QbE: 0 is the paper's exact protocol (a class with fewer than "
         "--qbe_num_pos positives or --qbe_num_neg negatives is skipped); N > "
         "0 keeps a class with at least N of each and uses all it has (small "
-        "corpora).", lower_bound=0, kind="int", parse=_zero_is_none,
-        format=_none_is_zero)
+        "corpora).", lower_bound=0, kind="int", parse=fields.zero_is_none,
+        format=fields.none_is_zero)
     fewshot_per_class: int = fields.setting(
         20, "Few-shot: labelled segments per class per draw.", lower_bound=1)
     fewshot_draws: int = fields.setting(
@@ -242,7 +226,7 @@ class EvaluationConfig(ClassifierTraining):
         if unknown:
             raise ValueError("EvaluationConfig.parts: unknown %s (known: %s)"
                              % (unknown, ", ".join(ALL_PARTS)))
-        if not _is_integer(self.seed):
+        if not fields.is_integer(self.seed):
             self._bad("seed", "must be an integer")
         for name in ("qbe_num_pos", "qbe_num_neg", "fewshot_per_class",
                      "fewshot_draws", "fewshot_epochs"):

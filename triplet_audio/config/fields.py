@@ -199,6 +199,24 @@ def config_from_flags(config_class, flag_values=FLAGS, exclude=(),
     return config_class(**kwargs)
 
 
+def zero_is_none(value):
+    """Flag parse for an optional count: 0 on the command line means None."""
+    return value or None
+
+
+def none_is_zero(value):
+    """Flag format of an optional count (the inverse of `zero_is_none`)."""
+    return 0 if value is None else value
+
+
+def is_integer(value):
+    """Whether `value` is an integer (a bool is not; 3.0 is)."""
+    try:
+        return not isinstance(value, bool) and int(value) == value
+    except (TypeError, ValueError):
+        return False
+
+
 def help_of(config_class, name):
     """The help text of field `name` (for docs and derived flags)."""
     for field in dataclasses.fields(config_class):
