@@ -144,6 +144,7 @@ def test_plan_passes_settings_to_the_binaries(tmp_path, flagfile):
         os.path.join("runs", "proximity"))
     assert "--qbe_min_count=12" in by_name["evaluate_joint"].args
     assert "--num_eval=33" in by_name["corpus"].args
+    assert "--corpus_version=2" in by_name["corpus"].args
     assert "--representation=logmel" in by_name["embed_logmel_eval"].args
     assert any(a.startswith("--saved_model=") and a.endswith(
         os.path.join("exports", "mixing"))
@@ -221,8 +222,8 @@ def test_shipped_flagfile_sets_the_demo_sizes_and_evaluation():
         demo_config.DemoConfig, values, exclude=demo_config.FLAG_EXCLUDE,
         train_flags=())
     assert (config.corpus.num_train, config.corpus.num_eval,
-            config.corpus.num_classes, config.corpus.workers) == (
-                300, 240, None, 0)
+            config.corpus.num_classes, config.corpus.workers,
+            config.corpus.corpus_version) == (300, 240, None, 0, 2)
     assert config.evaluation.qbe_min_count == 15
     assert (config.evaluation.epochs, config.evaluation.fewshot_epochs) == (
         10, 20)
@@ -435,6 +436,10 @@ def test_report_has_table1_with_recovery_and_structure(tmp_path, flagfile):
     assert "| logmel (baseline) | 0.400 | 0% |" in markdown
     assert "## Table 2" in markdown and "0.420 ± 0.010" in markdown
     assert "every unsupervised sampler beats log-mel: yes" in markdown
+    # The fake corpus cannot be probed; the report says so and goes on.
+    assert "## The recording shortcut\n\nNot measured: " in markdown
+    assert "Proximity's recovery on this corpus (Table 1): QbE 50%" in (
+        markdown)
     assert os.path.exists(run / report.PER_CLASS_PLOT_NAME)
     with open(run / runner.REPORT_JSON) as f:
         data = json.load(f)
@@ -444,8 +449,29 @@ def test_report_has_table1_with_recovery_and_structure(tmp_path, flagfile):
     assert set(data["runs"]) == set(runner.ALL_RUNS) | {"logmel"}
     assert data["runs"]["noise"][metrics.QBE]["map"] == 0.45
     assert all(c["holds"] for c in data["checks"])
+    assert "error" in data["shortcut"]
     assert data["stages"][-1]["stage"] == runner.REPORT_STAGE
     assert data["seconds"] >= 0
+
+
+def test_shortcut_is_measured_once_per_corpus(tmp_path, flagfile,
+                                             monkeypatch):
+    calls = []
+
+    def measure(corpus_dir):
+        calls.append(corpus_dir)
+        return {"error": "fake corpus"}
+
+    monkeypatch.setattr(runner.shortcut_lib, "measure", measure)
+    config = _config(tmp_path, flagfile, samplers=("noise",))
+    runner.run_demo(config, launch=FakeLauncher())
+    runner.run_demo(config, launch=FakeLauncher())
+    assert calls == [os.path.join(config.output_dir, "corpus")]
+    config.corpus.num_train += 1  # A new corpus is probed again.
+    out = runner.run_demo(config, launch=FakeLauncher())
+    assert len(calls) == 2
+    assert out["shortcut"] == {"error": "fake corpus"}
+    assert "Not measured: fake corpus." in out["markdown"]
 
 
 def test_structure_checks_say_which_claim_fails():
@@ -487,6 +513,7 @@ def test_help_lists_every_flag():
     proc = _run_demo("--help", timeout=60)
     for flag in ("output_dir", "samplers", "train_flagfile", "train_flag",
                  "num_train", "num_eval", "duration_s", "num_classes", "seed",
+                 "corpus_version",
                  "num_shards", "workers", "eval_seed", "qbe_num_pos",
                  "qbe_num_neg", "qbe_min_count", "classifier_epochs",
                  "fewshot_epochs", "fewshot_per_class", "fewshot_draws",
@@ -586,6 +613,15 @@ def test_mini_demo_writes_every_report_file(mini_demo):
             assert json.load(f)["step"] == 4
     assert os.path.exists(run / report.PER_CLASS_PLOT_NAME)
     assert os.path.exists(run / runner.CONFIG_NAME)
+    # The background probe ran on the (version 2) corpus.
+    shortcut = data["shortcut"]
+    assert shortcut["corpus_version"] == 2, shortcut
+    assert shortcut["recordings"] == 16
+    assert "## The recording shortcut\n\nA linear probe (" in markdown
+    assert "Every model trained 4 steps of 12 windows." in markdown
+    assert data["training_budget"] == {
+        name: {"steps": 4, "batch_size": 12}
+        for name in ("supervised", "proximity")}
     logs = sorted(os.listdir(run / runner.LOGS_DIR))
     assert "train_proximity.log" in logs and len(logs) == 16
     assert "step 4/4" in (run / "logs" / "train_proximity.log").read_text()

@@ -128,7 +128,8 @@ def test_same_seed_same_bytes_with_parallel_workers(corpus, tmp_path):
     synthetic.generate_corpus(str(again), NUM_TRAIN, NUM_EVAL, seed=SEED,
                               duration_s=DURATION_S, workers=2)
     first, second = _tree_digests(out), _tree_digests(str(again))
-    assert len(first) == NUM_TRAIN + NUM_EVAL + 4  # + 3 CSVs + corpus.json.
+    # + 3 label CSVs, events.csv and corpus.json.
+    assert len(first) == NUM_TRAIN + NUM_EVAL + 5
     assert first == second
 
 
@@ -183,13 +184,130 @@ def test_num_classes_restricts_vocabulary():
 @pytest.mark.parametrize("kwargs", [
     {"num_classes": 0}, {"num_classes": len(synthetic.CLASS_NAMES) + 1},
     {"seed": -1}, {"duration_s": 0.0}, {"num_train": -1},
-    {"num_train": 0, "num_eval": 0}, {"workers": -1}])
+    {"num_train": 0, "num_eval": 0}, {"workers": -1},
+    {"corpus_version": 0}, {"corpus_version": 3}])
 def test_generate_corpus_rejects_bad_arguments(kwargs, tmp_path):
     args = {"out_dir": str(tmp_path / "c"), "num_train": 1, "num_eval": 1}
     args.update(kwargs)
     with pytest.raises(ValueError):
         synthetic.generate_corpus(**args)
     assert not os.path.exists(args["out_dir"])
+
+
+# ------------------------------------------------------------ versions
+
+# sha256 of what the code before corpus versions existed wrote (computed with
+# it, before version 2 was added): version 1 must keep writing exactly this.
+_V1_RECORDINGS = {
+    (0, "train", 0, 10.0, None): (
+        "f2dfe3b58e16e9667431f3a5cbe9aec994c628f2653b269ca378a54d4d1dccd9",
+        ("am_tone", "speech_like", "engine_hum")),
+    (3, "train", 2, 4.0, 5): (
+        "1e4dce1c96bc451b795989e7510cce2dae8cd97d7800d9e9712121e532975d2f",
+        ("chirp", "impact", "click_train")),
+    (1, "eval", 11, 2.5, 14): (
+        "531038a82f425d9ea80a8a757bffc0dd144e58aa122880951721b9ecd18e1cc7",
+        ("fm_warble", "rain")),
+}
+_V1_CORPUS = {  # generate_corpus(seed=2, 4 train, 3 eval, 3 s, 6 classes)
+    "audio/eval/eval_00000.wav":
+        "8fc354509745550ba532d6fe199618b4e1ed08d56bc0c7f2d683565d9b17dea3",
+    "audio/eval/eval_00001.wav":
+        "0f5d39e5bb0c230ab9c6db9ae2ecdaf846807bdeedf260fa5a823988543d1618",
+    "audio/eval/eval_00002.wav":
+        "cc188c5642b70eee1cfc7a4144dc680cbdbc7575e3b60394e3c884c0515f6289",
+    "audio/train/train_00000.wav":
+        "461438fbaaf77ed61436e88cce3f38580a97147a84b4ae645a2e045c871bb178",
+    "audio/train/train_00001.wav":
+        "9e0691098c302a8a48cb6d8077bba43035fb05f0befb206f2f4cf28aafa6347d",
+    "audio/train/train_00002.wav":
+        "0dfcd69dbbd15884c9e35c1ca458264ef845a1fb7ed26aa4b75de2208a1d3a6a",
+    "audio/train/train_00003.wav":
+        "7f5912c1daad3555bfe64bcfc0748df522284d997af68ac10e063e7962eee517",
+    "eval.csv":
+        "8e2f4d92be179a0e88364c2be5683a74a30221453219fed2bda3d736150a493f",
+    "labels.csv":
+        "f69908f96d1a9cdb908798b2782799b361d6a204bfe4a6710657000f205a703f",
+    "train.csv":
+        "935beeb307dc4cb8d95f539aa5a07ed7405d163275bbaf36fcb34509d2efabb4",
+}
+
+
+def test_version_1_writes_the_first_demo_corpus_byte_for_byte(tmp_path):
+    for (seed, split, index, duration, num_classes), (digest, labels) in (
+            _V1_RECORDINGS.items()):
+        pcm, got = synthetic.corpus_recording(seed, split, index, duration,
+                                              num_classes, corpus_version=1)
+        assert hashlib.sha256(pcm.tobytes()).hexdigest() == digest
+        assert got == labels
+    out = tmp_path / "v1"
+    synthetic.generate_corpus(str(out), 4, 3, seed=2, duration_s=3.0,
+                              num_classes=6, corpus_version=1)
+    digests = _tree_digests(str(out))
+    assert {k: digests[k] for k in _V1_CORPUS} == _V1_CORPUS
+    with open(out / "corpus.json", encoding="utf-8") as f:
+        manifest = json.load(f)
+    assert manifest["config"]["corpus_version"] == 1
+    assert "environments" not in manifest
+
+
+def test_version_2_has_version_1_events_in_other_conditions():
+    for split, index in (("train", 3), ("eval", 8)):
+        pcm1, scene1 = synthetic.corpus_scene(SEED, split, index, 3.0,
+                                              corpus_version=1)
+        pcm2, scene2 = synthetic.corpus_scene(SEED, split, index, 3.0,
+                                              corpus_version=2)
+        assert scene2.labels == scene1.labels
+        assert scene2.events == scene1.events and scene1.events
+        assert scene1.environments == () and scene2.environments
+        assert pcm1.shape == pcm2.shape and not np.array_equal(pcm1, pcm2)
+        again, _ = synthetic.corpus_scene(SEED, split, index, 3.0,
+                                          corpus_version=2)
+        np.testing.assert_array_equal(pcm2, again)
+    with pytest.raises(ValueError, match="corpus_version"):
+        synthetic.corpus_recording(SEED, "train", 0, 1.0, corpus_version=3)
+
+
+def test_environments_come_from_one_pool_per_seed():
+    pool = synthetic.environment_pool(SEED)
+    assert len(pool) == synthetic.ENVIRONMENT_POOL_SIZE
+    assert synthetic.environment_pool(SEED) is pool  # Drawn once.
+    other = synthetic.environment_pool(SEED + 1)
+    assert [e.describe() for e in pool] != [e.describe() for e in other]
+    assert any(e.rt60_s == 0.0 for e in pool)  # Some are outdoors.
+    assert any(e.rt60_s > 0.0 and len(e.rir) > 1 for e in pool)
+    used, switches = {}, []
+    for index in range(24):
+        _, scene = synthetic.corpus_scene(SEED, "train", index, 1.5,
+                                          num_classes=4)
+        assert 1 <= len(scene.environments) <= 2
+        assert len(set(scene.environments)) == len(scene.environments)
+        for env in scene.environments:
+            used[env] = used.get(env, 0) + 1
+        if scene.switch_s is not None:
+            switches.append(scene.switch_s / 1.5)
+    # Many recordings per environment; sometimes a second one partway.
+    assert max(used.values()) >= 3
+    assert switches and all(synthetic.SWITCH_RANGE[0] <= s <=
+                            synthetic.SWITCH_RANGE[1] for s in switches)
+
+
+def test_events_csv_lists_every_occurrence(corpus):
+    out, _ = corpus
+    events = synthetic.read_events_csv(os.path.join(out,
+                                                    synthetic.EVENTS_CSV))
+    rows = _read_csv(os.path.join(out, "labels.csv"))
+    assert set(events) == {r["path"] for r in rows}
+    _, scene = synthetic.corpus_scene(SEED, "eval", 5, DURATION_S)
+    expected = sorted((name, start / C.SAMPLE_RATE, stop / C.SAMPLE_RATE)
+                      for name, start, stop in scene.events)
+    got = events["audio/eval/eval_00005.wav"]
+    assert [e[0] for e in got] == [e[0] for e in sorted(
+        expected, key=lambda e: (e[1], e[2]))]
+    np.testing.assert_allclose(sorted(e[1:] for e in got),
+                               sorted(e[1:] for e in expected), atol=1e-5)
+    assert {e[0] for e in got} == set(
+        rows[NUM_TRAIN + 5]["labels"].split(";"))
 
 
 # ------------------------------------------------------------ events
@@ -350,10 +468,19 @@ def test_make_corpus_bad_flags_exit_nonzero_with_one_line(args, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("make_corpus: "), lines
 
 
+def test_make_corpus_unknown_version_exits_nonzero_with_one_line(tmp_path):
+    out = tmp_path / "never"
+    result = _run_make_corpus(f"--output_dir={out}", "--corpus_version=3")
+    assert result.returncode != 0
+    assert not out.exists()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--corpus_version=3" in lines[0], lines
+
+
 def test_make_corpus_help_lists_every_flag():
     result = _run_make_corpus("--help")  # absl exits 1 after --help.
     for flag in ("output_dir", "num_train", "num_eval", "seed", "duration_s",
-                 "num_classes", "workers"):
+                 "num_classes", "workers", "corpus_version"):
         assert f"--{flag}:" in result.stdout, flag
 
 
@@ -363,7 +490,9 @@ def test_corpus_flags_are_derived_from_the_config():
     values = flags.FlagValues()
     fields.define_flags(corpus_config.CorpusConfig, values)
     assert set(values) == {"output_dir", "num_train", "num_eval", "seed",
-                           "duration_s", "num_classes", "workers"}
+                           "duration_s", "num_classes", "workers",
+                           "corpus_version"}
+    assert values["corpus_version"].default == 2
     assert values["num_classes"].default == 0  # None: every class.
     values(["prog"])
     config = fields.config_from_flags(corpus_config.CorpusConfig, values)
@@ -385,7 +514,14 @@ def test_corpus_json_holds_the_content_settings(corpus):
     assert manifest["config"] == {"num_train": NUM_TRAIN,
                                   "num_eval": NUM_EVAL, "seed": SEED,
                                   "duration_s": DURATION_S,
-                                  "num_classes": None}
+                                  "num_classes": None, "corpus_version": 2}
+    pool = synthetic.environment_pool(SEED)
+    assert manifest["environments"] == [
+        json.loads(json.dumps(e.describe())) for e in pool]
+    counts = manifest["environment_counts"]
+    assert sum(counts["train"]) >= NUM_TRAIN
+    # Shared: more recordings than environments in use.
+    assert sum(1 for c in counts["train"] if c) < NUM_TRAIN
     assert not [n for n in os.listdir(out) if n.endswith(".incomplete")]
 
 

@@ -36,6 +36,13 @@ synthesiser of each class is in `demo.synthetic`)."""
 
 DEFAULT_DURATION_S = 10.0
 
+CORPUS_VERSIONS = (1, 2)
+"""The recording-condition models `demo.synthetic` can write (its docstring
+says what each is). 1: every recording over its own constant background (the
+corpus of the first demo, kept so that its results reproduce); 2: shared
+acoustic environments, drift and recording nuisances."""
+DEFAULT_CORPUS_VERSION = 2
+
 
 def vocabulary_for(num_classes=None):
     """The class vocabulary of a corpus restricted to `num_classes` classes.
@@ -58,22 +65,6 @@ def vocabulary_for(num_classes=None):
     return CLASS_NAMES[:num_classes]
 
 
-def _zero_is_none(value):
-    # --num_classes=0 uses the whole vocabulary.
-    return value or None
-
-
-def _none_is_zero(value):
-    return 0 if value is None else value
-
-
-def _is_integer(value):
-    try:
-        return not isinstance(value, bool) and int(value) == value
-    except (TypeError, ValueError):
-        return False
-
-
 @dataclasses.dataclass
 class CorpusConfig:
     """Resolved, validated settings of one synthetic corpus.
@@ -88,6 +79,9 @@ class CorpusConfig:
       num_classes: use the first this many of `CLASS_NAMES`; None for all
         (--num_classes=0).
       workers: worker processes; 1 generates serially, 0 uses every core.
+      corpus_version: which recording conditions to synthesise, one of
+        `CORPUS_VERSIONS`; the same version, seed and sizes write the same
+        bytes.
     """
     out_dir: str = fields.setting(
         None, "Directory to write the corpus to: audio/{train,eval}/*.wav, "
@@ -105,9 +99,17 @@ class CorpusConfig:
     num_classes: Optional[int] = fields.setting(
         None, "Use only the first N sound classes of the synthetic "
         "vocabulary; 0 uses all of them.", lower_bound=0, kind="int",
-        parse=_zero_is_none, format=_none_is_zero)
+        parse=fields.zero_is_none, format=fields.none_is_zero)
     workers: int = fields.setting(1, "Worker processes; 0 uses every core.",
                                   lower_bound=0)
+    corpus_version: int = fields.setting(
+        DEFAULT_CORPUS_VERSION, "Recording conditions of the corpus: 2 draws "
+        "each recording's acoustic environment from a pool shared by many "
+        "recordings, with background drift, gain changes and sometimes a "
+        "second environment; 1 is the first demo's corpus, every recording "
+        "over its own constant background (which identifies the recording), "
+        "kept to reproduce its results.",
+        lower_bound=min(CORPUS_VERSIONS), upper_bound=max(CORPUS_VERSIONS))
 
     def __post_init__(self):
         self.validate()
@@ -126,8 +128,12 @@ class CorpusConfig:
 
         for name in ("num_train", "num_eval", "seed", "workers"):
             value = getattr(self, name)
-            if not _is_integer(value) or value < 0:
+            if not fields.is_integer(value) or value < 0:
                 bad(name, "must be an integer >= 0", value)
+        if not (fields.is_integer(self.corpus_version) and
+                self.corpus_version in CORPUS_VERSIONS):
+            bad("corpus_version", "must be one of %s" % (
+                ", ".join(map(str, CORPUS_VERSIONS))), self.corpus_version)
         if self.num_train + self.num_eval == 0:
             raise ValueError("--num_train, --num_eval: the corpus needs at "
                              "least one recording")
@@ -137,7 +143,7 @@ class CorpusConfig:
             bad("duration_s", "must be a positive number of seconds",
                 self.duration_s)
         if self.num_classes is not None and not (
-                _is_integer(self.num_classes) and
+                fields.is_integer(self.num_classes) and
                 1 <= self.num_classes <= len(CLASS_NAMES)):
             bad("num_classes", "must be in [1, %d] (0 on the command line: "
                 "all)" % len(CLASS_NAMES), self.num_classes)

@@ -11,7 +11,9 @@ one run directory:
   for each training run S (supervised topline first, then the samplers):
     train_S, export_S, embed_S_train, embed_S_eval, evaluate_S
   report                    Table 1 with recovery, Table 2 and plots across
-                            all runs (report.md, report.json)
+                            all runs, and how well the corpus's backgrounds
+                            alone name its recordings (`demo.shortcut`)
+                            (report.md, report.json)
 
 Subprocesses rather than library calls, because the demo is also the proof
 that the documented command lines work end to end, and each stage's log
@@ -46,16 +48,21 @@ Layout of the run directory:
                               per-class and projection plots, projector TSVs)
   logs/STAGE.log, stamps/STAGE.json
   report.md, report.json, per_class_ap.png
+  shortcut.json               the background probe's result, kept for as
+                              long as the corpus stays the same
 """
 
+import math
 import os
 import time
 
 from absl import logging
 
 from triplet_audio.config import demo as demo_config
+from triplet_audio.config import evaluation as eval_config
 from triplet_audio.config import jsonio
 from triplet_audio.config import options
+from triplet_audio.demo import shortcut as shortcut_lib
 from triplet_audio.demo import stages as stages_lib
 
 # The settings and run names live in the config home; these names are kept
@@ -73,12 +80,14 @@ CONFIG_NAME = "demo_config.json"
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
 REPORT_STAGE = "report"
+SHORTCUT_JSON = "shortcut.json"
+CORPUS_STAGE = "corpus"
 
 # Rough seconds per stage kind on a 2-core CPU, for the ETA until a stage of
 # that kind has been timed in this invocation.
 _PRIOR_SECONDS = {"corpus": 15.0, "features": 30.0, "train": 90.0,
                   "export": 15.0, "embed": 12.0, "evaluate": 30.0,
-                  REPORT_STAGE: 10.0}
+                  REPORT_STAGE: 30.0}
 
 
 class Layout(stages_lib.RunLayout):
@@ -118,14 +127,15 @@ def plan_stages(config):
     # The corpus and evaluation parts become the flags of bin/make_corpus and
     # bin/evaluate of the same names (0 on the command line for None).
     stages = [Stage(
-        name="corpus", kind="corpus", binary="make_corpus",
+        name=CORPUS_STAGE, kind="corpus", binary="make_corpus",
         args=["--output_dir=%s" % lay.corpus,
               "--num_train=%d" % corpus.num_train,
               "--num_eval=%d" % corpus.num_eval,
               "--duration_s=%r" % float(corpus.duration_s),
               "--num_classes=%d" % (corpus.num_classes or 0),
               "--seed=%d" % corpus.seed,
-              "--workers=%d" % corpus.workers],
+              "--workers=%d" % corpus.workers,
+              "--corpus_version=%d" % corpus.corpus_version],
         outputs=[os.path.join(lay.corpus, name) for name in
                  ("train.csv", "eval.csv", "corpus.json")],
         clean=[lay.corpus])]
@@ -138,7 +148,7 @@ def plan_stages(config):
                   "--num_shards=%d" % config.num_shards,
                   "--workers=%d" % corpus.workers],
             outputs=[os.path.join(lay.features(split), "manifest.json")],
-            clean=[lay.features(split)], deps=["corpus"]))
+            clean=[lay.features(split)], deps=[CORPUS_STAGE]))
     eval_args = ["--eval_seed=%d" % ev.seed,
                  "--qbe_num_pos=%d" % ev.qbe_num_pos,
                  "--qbe_num_neg=%d" % ev.qbe_num_neg,
@@ -260,6 +270,97 @@ def _checks_markdown(checks):
     return "\n".join(lines) + "\n"
 
 
+def measure_shortcut(config):
+    """How well the backgrounds alone name the corpus's training recordings.
+
+    `demo.shortcut.measure` on the run's corpus, kept in shortcut.json for as
+    long as the corpus stage's output (its stamp's token) and the probe's
+    settings stay the same.
+
+    Args:
+      config: the DemoConfig.
+
+    Returns:
+      the `shortcut.measure` result, or {"error": reason} when the corpus
+      cannot be measured (e.g. one written before events.csv existed).
+    """
+    lay = Layout(config.output_dir)
+    stamp = stages_lib.read_json(lay.stamp(CORPUS_STAGE)) or {}
+    token = stamp.get("token")
+    cache_path = lay.path(SHORTCUT_JSON)
+    cached = stages_lib.read_json(cache_path) or {}
+    key = {"corpus_token": token, "settings": shortcut_lib.SETTINGS}
+    if token and all(cached.get(k) == v for k, v in key.items()) and (
+            "result" in cached):
+        return cached["result"]
+    try:
+        result = shortcut_lib.measure(lay.corpus)
+    except (OSError, ValueError, KeyError) as e:
+        logging.warning("background shortcut not measured: %s", e)
+        result = {"error": str(e)}
+    jsonio.write_json(cache_path, dict(key, result=result))
+    return result
+
+
+def _shortcut_markdown(result, rows):
+    lines = ["## The recording shortcut", "",
+             shortcut_lib.summary_markdown(result).rstrip("\n"), "",
+             "The temporal-proximity sampler learns whatever tells one "
+             "recording from another; the higher these figures are above "
+             "chance, the more of its task the background solves without "
+             "the sound classes."]
+    row = next((r for r in rows if r["name"] == "proximity"), None)
+    if row is not None:
+        def percent(part):
+            value = row[part]["recovery"]
+            return "n/a" if value is None or not math.isfinite(value) else (
+                "%.0f%%" % (100.0 * value))
+        lines[-1] += (" Proximity's recovery on this corpus (Table 1): QbE "
+                      "%s, 1x512 %s, 2x512 %s." % (
+                          percent(eval_config.QBE),
+                          percent(eval_config.CLASSIFIER_1X512),
+                          percent(eval_config.CLASSIFIER_2X512)))
+    return "\n".join(lines) + "\n"
+
+
+def training_budget(config):
+    """Steps and batch size each training run of the demo ran.
+
+    Args:
+      config: the DemoConfig.
+
+    Returns:
+      {run name: {"steps", "batch_size"}} from each run's
+      train_summary.json and config.json (values None where unreadable).
+    """
+    lay = Layout(config.output_dir)
+    budget = {}
+    for name in config.runs():
+        summary = stages_lib.read_json(
+            os.path.join(lay.run(name), "train_summary.json")) or {}
+        train_config = stages_lib.read_json(
+            os.path.join(lay.run(name), jsonio.CONFIG_NAME)) or {}
+        budget[name] = {"steps": summary.get("step"),
+                        "batch_size": train_config.get("batch_size")}
+    return budget
+
+
+def _budget_markdown(budget):
+    pairs = sorted({(b["steps"], b["batch_size"]) for b in budget.values()},
+                   key=str)
+    if not budget or any(None in p for p in pairs):
+        return ""
+    if len(pairs) == 1:
+        trained = "Every model trained %d steps of %d windows" % pairs[0]
+    else:
+        trained = "The models trained %s" % ", ".join(
+            "%s %d steps of %d" % (name, b["steps"], b["batch_size"])
+            for name, b in budget.items())
+    return ("\n%s. The figures move with that budget, and not alike for "
+            "every sampler (the README compares 120 and 480 steps); set it "
+            "with --train_flag=--steps=N.\n" % trained)
+
+
 def write_report(config):
     """Writes report.md, report.json and per_class_ap.png of the run.
 
@@ -268,7 +369,8 @@ def write_report(config):
 
     Returns:
       dict with "report_md", "report_json", "per_class_plot" (paths),
-      "markdown" (report.md's text), "table1" (rows) and "checks".
+      "markdown" (report.md's text), "table1" (rows), "checks" and
+      "shortcut" (`measure_shortcut`).
     """
     # Imported here: report loads TensorFlow (through evaluation) and
     # matplotlib, which the stages before it do not need in this process.
@@ -284,14 +386,18 @@ def write_report(config):
         [lay.evaluation(n) for n in names], lay.root, baseline=BASELINE,
         topline=topline)
     checks = structure_checks(results_by_name, config.runs())
+    rows = report.table1_rows(results_by_name, baseline=BASELINE,
+                              topline=topline)
+    shortcut = measure_shortcut(config)
+    budget = training_budget(config)
     with open(written["report"], "a") as f:
         f.write("\n" + _checks_markdown(checks))
+        f.write("\n" + _shortcut_markdown(shortcut, rows))
+        f.write(_budget_markdown(budget))
         f.write("\nPer-run results, plots and projector files: eval/NAME/. "
                 "Logs: logs/.\n")
     with open(written["report"]) as f:
         markdown = f.read()
-    rows = report.table1_rows(results_by_name, baseline=BASELINE,
-                              topline=topline)
     json_path = lay.path(REPORT_JSON)
     report.write_results_json({
         "baseline": BASELINE,
@@ -301,6 +407,8 @@ def write_report(config):
                           for k in ("map", "std", "architecture")}
                    for name, r in results_by_name.items()},
         "checks": checks,
+        "shortcut": shortcut,
+        "training_budget": budget,
         "runs": results_by_name,
         "run_dirs": {name: os.path.relpath(lay.evaluation(name), lay.root)
                      for name in names},
@@ -308,7 +416,8 @@ def write_report(config):
     }, json_path)
     return {"report_md": written["report"], "report_json": json_path,
             "per_class_plot": written.get("per_class_plot"),
-            "markdown": markdown, "table1": rows, "checks": checks}
+            "markdown": markdown, "table1": rows, "checks": checks,
+            "shortcut": shortcut}
 
 
 def run_demo(config, launch=None):
