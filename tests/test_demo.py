@@ -115,9 +115,9 @@ def _config(tmp_path, flagfile, **kwargs):
 def test_plan_has_every_stage_in_dependency_order(tmp_path, flagfile):
     stages = runner.plan_stages(_config(tmp_path, flagfile).validate())
     names = [s.name for s in stages]
-    # corpus, 2 x features, logmel (2 embeds + evaluate), and per training
-    # run train, export, 2 embeds, evaluate.
-    assert len(names) == 3 + 3 + 5 * len(runner.ALL_RUNS)
+    # corpus, 2 x features, logmel (2 embeds + evaluate), per training run
+    # train, export, 2 embeds, evaluate, and the search index.
+    assert len(names) == 3 + 3 + 5 * len(runner.ALL_RUNS) + 1
     assert len(set(names)) == len(names)
     position = {n: i for i, n in enumerate(names)}
     for stage in stages:
@@ -127,6 +127,12 @@ def test_plan_has_every_stage_in_dependency_order(tmp_path, flagfile):
                          "embed_logmel_train", "embed_logmel_eval",
                          "evaluate_logmel"]
     assert names.index("train_supervised") < names.index("train_noise")
+    # make demo leaves an index of the topline's eval embeddings behind.
+    index = stages[position["index"]]
+    assert index.binary == "index" and index.deps == ["embed_supervised_eval"]
+    assert "--embeddings=%s" % os.path.join(
+        str(tmp_path / "run"), "embeddings", "supervised", "eval.npz") in (
+            index.args)
 
 
 def test_plan_passes_settings_to_the_binaries(tmp_path, flagfile):
@@ -312,7 +318,7 @@ def test_changed_training_flags_rerun_only_the_trained_rows(tmp_path,
         "train_supervised", "export_supervised", "embed_supervised_train",
         "embed_supervised_eval", "evaluate_supervised",
         "train_noise", "export_noise", "embed_noise_train",
-        "embed_noise_eval", "evaluate_noise"]
+        "embed_noise_eval", "evaluate_noise", "index"]
     assert again.found_marker == {"train_supervised": False,
                                   "train_noise": False}
 
@@ -351,7 +357,7 @@ def test_interrupted_stage_resumes_over_its_partial_outputs(tmp_path,
     out = runner.run_demo(config, launch=again)
     assert again.calls == ["train_proximity", "export_proximity",
                            "embed_proximity_train", "embed_proximity_eval",
-                           "evaluate_proximity"]
+                           "evaluate_proximity", "index"]
     # Resumed, not cleaned: the checkpoint of the first attempt was there.
     assert again.found_marker == {"train_proximity": True}
     status = {r["stage"]: r["status"] for r in out["stages"]}
@@ -623,11 +629,12 @@ def test_mini_demo_writes_every_report_file(mini_demo):
         name: {"steps": 4, "batch_size": 12}
         for name in ("supervised", "proximity")}
     logs = sorted(os.listdir(run / runner.LOGS_DIR))
-    assert "train_proximity.log" in logs and len(logs) == 16
+    assert "train_proximity.log" in logs and "index.log" in logs
+    assert len(logs) == 17
     assert "step 4/4" in (run / "logs" / "train_proximity.log").read_text()
-    assert "[16/17] evaluate_proximity" in proc.stderr
+    assert re.search(r"\[\d+/18\] evaluate_proximity", proc.stderr)
     # Progress of a running stage: its last log line, absl prefix removed.
-    assert re.search(r"\] \[\d+/17\] \w+ \.\.\. \S", proc.stderr), (
+    assert re.search(r"\] \[\d+/18\] \w+ \.\.\. \S", proc.stderr), (
         proc.stderr[-3000:])
 
 
@@ -637,11 +644,11 @@ def test_mini_demo_rerun_skips_completed_stages(mini_demo):
     before = {n: os.path.getmtime(logs / n) for n in os.listdir(logs)}
     proc = _run_demo(*args, timeout=120)
     assert proc.returncode == 0, proc.stderr[-5000:]
-    assert proc.stderr.count("complete, skipped") == 16
+    assert proc.stderr.count("complete, skipped") == 17
     assert {n: os.path.getmtime(logs / n) for n in os.listdir(logs)} == before
     with open(run / runner.REPORT_JSON) as f:
         stages = json.load(f)["stages"]
-    assert [s["status"] for s in stages] == ["skipped"] * 16 + ["ran"]
+    assert [s["status"] for s in stages] == ["skipped"] * 17 + ["ran"]
 
 
 def test_mini_demo_failing_stage_stops_with_its_name(mini_demo):

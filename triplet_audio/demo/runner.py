@@ -10,6 +10,8 @@ one run directory:
   evaluate_logmel           bin/evaluate
   for each training run S (supervised topline first, then the samplers):
     train_S, export_S, embed_S_train, embed_S_eval, evaluate_S
+  index                     bin/index of the first run's eval embeddings
+                            (bin/search --index=RUN_DIR/index)
   report                    Table 1 with recovery, Table 2 and plots across
                             all runs, and how well the corpus's backgrounds
                             alone name its recordings (`demo.shortcut`)
@@ -87,7 +89,7 @@ CORPUS_STAGE = "corpus"
 # that kind has been timed in this invocation.
 _PRIOR_SECONDS = {"corpus": 15.0, "features": 30.0, "train": 90.0,
                   "export": 15.0, "embed": 12.0, "evaluate": 30.0,
-                  REPORT_STAGE: 30.0}
+                  "index": 10.0, REPORT_STAGE: 30.0}
 
 
 class Layout(stages_lib.RunLayout):
@@ -111,6 +113,10 @@ class Layout(stages_lib.RunLayout):
 
     def evaluation(self, name):
         return self.path("eval", name)
+
+    @property
+    def index(self):
+        return self.path("index")
 
 
 def plan_stages(config):
@@ -208,6 +214,18 @@ def plan_stages(config):
             outputs=[os.path.join(lay.evaluation(name), "results.json")],
             clean=[lay.evaluation(name)],
             deps=["embed_%s_train" % name, "embed_%s_eval" % name]))
+    # Sound search: an index of the first trained run's eval recordings (the
+    # supervised topline in flags/demo_pipeline.cfg), so that
+    # `bin/search --index=demo_run/index ...` works after `make demo`.
+    if config.runs():
+        first = config.runs()[0]
+        stages.append(Stage(
+            name="index", kind="index", binary="index",
+            args=["--embeddings=%s" % lay.embeddings(first, "eval"),
+                  "--output=%s" % lay.index, "--overwrite"],
+            outputs=[os.path.join(lay.index, "index.json")],
+            clean=[lay.index],
+            deps=["embed_%s_eval" % first]))
     return stages
 
 
