@@ -18,8 +18,7 @@ def _touch(root, *names):
     for name in names:
         path = os.path.join(str(root), name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb"):
-            pass
+        open(path, "wb").close()
 
 
 @pytest.fixture

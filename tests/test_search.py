@@ -532,15 +532,10 @@ def test_bin_evaluate_reports_retrieval_at_k_when_asked():
 
 
 def _write_wav(path, seconds, seed, tone_hz=None, rate=22050):
-    import soundfile as sf  # pylint: disable=g-import-not-at-top
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    x = 0.05 * rng.standard_normal(t.size)
-    if tone_hz:
-        x += 0.5 * np.sin(2 * np.pi * tone_hz * t)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    sf.write(path, x, rate, subtype="PCM_16")
-    return path
+    # Imported here: a subprocess test imports this module from a path where
+    # the tests directory is not on sys.path.
+    import wav_files  # pylint: disable=g-import-not-at-top
+    return wav_files.write_wav(path, seconds, seed, tone_hz, rate)
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ import time
 import urllib.error
 import urllib.request
 
-import numpy as np
 import pytest
 
+import wav_files  # pylint: disable=g-bad-import-order
 from triplet_audio.config import search as search_config
 from triplet_audio.search import build
 from triplet_audio.search import index as index_lib
@@ -30,15 +30,7 @@ TONES = {"low": 300, "mid": 1200, "high": 3000, "noise": None}
 
 
 def _write_wav(path, seconds, seed, tone_hz=None, rate=16000):
-    import soundfile as sf  # pylint: disable=g-import-not-at-top
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    x = 0.05 * rng.standard_normal(t.size)
-    if tone_hz:
-        x += 0.5 * np.sin(2 * np.pi * tone_hz * t)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    sf.write(path, x, rate, subtype="PCM_16")
-    return path
+    return wav_files.write_wav(path, seconds, seed, tone_hz, rate)
 
 
 @pytest.fixture(scope="module")

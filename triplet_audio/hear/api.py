@@ -44,7 +44,6 @@ Bad input (not 2-D, no sound or no sample, NaN or Inf samples, a
 non-float dtype) is refused with a ValueError that says which.
 """
 
-import os
 
 from absl import logging
 import numpy as np
@@ -53,7 +52,6 @@ import tensorflow as tf
 from triplet_audio import constants as C
 from triplet_audio.config import serving as serving_config
 from triplet_audio.features import frontend
-from triplet_audio.features import records
 from triplet_audio.serving import export
 
 SOUNDS_PER_CALL = 16
@@ -123,20 +121,13 @@ def load_model(model_file_path="",
             "load_model: needs the export directory written by bin/export "
             "(e.g. hear-validator triplet_audio.hear -m exports/proximity)")
     C.window_hop_frames(timestamp_hop_seconds, name="timestamp_hop_seconds")
-    path = export.saved_model_path(model_file_path)
-    meta_dir = model_file_path if path != model_file_path else (
-        os.path.dirname(os.path.abspath(model_file_path)))
-    try:
-        meta = export.load_metadata(meta_dir)
-    except FileNotFoundError:
+    path, _, meta = export.checked_metadata(
+        model_file_path, remedy="use the code that made it, or retrain and "
+        "export with this one")
+    if meta is None:
         logging.warning("%s has no %s; using the SavedModel as it is",
                         model_file_path, export.METADATA_NAME)
         meta = {}
-    if "frontend" in meta:
-        records.check_frontend_params(
-            meta["frontend"], "export %s" % meta_dir,
-            remedy="use the code that made it, or retrain and export with "
-            "this one")
     loaded = tf.saved_model.load(path)
     if _SIGNATURE not in loaded.signatures:
         raise ValueError(

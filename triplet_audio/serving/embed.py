@@ -92,24 +92,13 @@ class _SavedModelEmbedder:
         if not os.path.isdir(export_dir):
             raise FileNotFoundError("saved_model: %s is not a directory" %
                                     export_dir)
-        path = export.saved_model_path(export_dir)
-        # Accept the inner SavedModel directory too: its metadata.json is in
-        # the export directory above it.
-        meta_dir = export_dir if path != export_dir else os.path.dirname(
-            os.path.abspath(export_dir))
-        try:
-            meta = export.load_metadata(meta_dir)
-        except FileNotFoundError:
+        path, _, meta = export.checked_metadata(
+            export_dir, remedy="embed with the code that made it, or retrain "
+            "and export with this one")
+        if meta is None:
             logging.warning("%s has no %s; naming the representation "
                             "'saved_model'", export_dir, export.METADATA_NAME)
             meta = {}
-        if "frontend" in meta:
-            # The model learned from this front end's windows; those of
-            # another would be embedded without a word otherwise.
-            records.check_frontend_params(
-                meta["frontend"], "export %s" % meta_dir,
-                remedy="embed with the code that made it, or retrain and "
-                "export with this one")
         loaded = tf.saved_model.load(path)
         if "embed_logmel" not in loaded.signatures:
             raise EmbedError("saved_model: %s has no embed_logmel signature "

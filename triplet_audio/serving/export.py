@@ -44,6 +44,7 @@ import keras
 import tensorflow as tf
 
 import triplet_audio
+from triplet_audio.features import records
 from triplet_audio.config import jsonio
 from triplet_audio import constants as C
 from triplet_audio.features import frontend
@@ -497,6 +498,40 @@ def load_metadata(export_dir):
                                 (export_dir, METADATA_NAME))
     with open(path) as f:
         return json.load(f)
+
+
+def checked_metadata(export_dir, remedy):
+    """Where an export's SavedModel is, and its metadata, front end checked.
+
+    Accepts the export directory or the SavedModel directory inside it (whose
+    metadata.json is in the directory above).
+
+    Args:
+      export_dir: the export (or its inner SavedModel) directory.
+      remedy: what the front-end mismatch message tells the user to do.
+
+    Returns:
+      (SavedModel path, metadata directory, metadata dict or None when the
+      export has no metadata.json).
+
+    Raises:
+      FileNotFoundError: when there is no SavedModel.
+      records.FrontendMismatchError: when the export was made with another
+        front end than this code's.
+    """
+    path = saved_model_path(export_dir)
+    meta_dir = export_dir if path != export_dir else os.path.dirname(
+        os.path.abspath(export_dir))
+    try:
+        meta = load_metadata(meta_dir)
+    except FileNotFoundError:
+        return path, meta_dir, None
+    if "frontend" in meta:
+        # The model learned from this front end's windows; those of another
+        # would be embedded without a word otherwise.
+        records.check_frontend_params(meta["frontend"], "export %s" % meta_dir,
+                                      remedy=remedy)
+    return path, meta_dir, meta
 
 
 def saved_model_path(export_dir):
