@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_run
 PYTEST_ARGS ?=
 
-.PHONY: install test demo fixtures bench clean
+.PHONY: install test soak-quick demo fixtures bench clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+# The reliability soak in its CI mode (under 3 minutes): a few faults of each
+# kind; exits non-zero when a fault is not survived or work is lost.
+soak-quick: install
+	$(PY) benchmarks/soak.py --quick --output_json=soak_quick.json \
+	    --output_md=soak_quick.md
 
 fixtures: install
 	$(PY) testdata/make_fixtures.py --output_dir testdata/generated
