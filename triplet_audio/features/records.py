@@ -44,13 +44,23 @@ them back.
 
 `parse_example` decodes one serialized record into the dict the samplers
 consume; nothing downstream of it sees the file format.
+
+Damaged shards. TensorFlow's reader checks each record's length and payload
+checksums; `check_shards` walks the lengths (one seek per record) and
+compares the count with the shard's summary, which is how a cut at a record
+boundary shows. Without --skip_corrupt every reader names the shard and the
+byte offset of the first bad record. With it, `read_records` (tf.data) and
+`iter_shard` read every intact record and count each skipped span once in
+`SKIPPED` (`skip_report()`): a bad payload or length costs its own record,
+a cut the cut record and the records the summary says are missing.
 """
 
+import dataclasses
 import json
 import os
 import re
 import struct
-import tempfile
+import threading
 
 from absl import logging
 import numpy as np
@@ -240,37 +250,142 @@ def example_to_numpy(example):
 
 
 class CorruptShardError(ValueError):
-    """A shard is truncated or holds a record that fails its checksum."""
+    """A shard is truncated or holds a record that fails its checksum.
+
+    Attributes:
+      path: the shard, when known.
+      offset: byte offset of the first bad record, when known.
+    """
+
+    def __init__(self, message, path=None, offset=None):
+        super().__init__(message)
+        self.path = path
+        self.offset = offset
+
+
+HEADER_BYTES = 12
+"""TFRecord framing before each payload: its length (uint64 LE) and the
+length's masked CRC32C (uint32)."""
+_FOOTER_BYTES = 4  # the payload's masked CRC32C
+FRAME_BYTES = HEADER_BYTES + _FOOTER_BYTES
+"""Bytes of framing around each record's payload."""
+
+# tf.data's own default read buffer for TFRecord files.
+_READ_BUFFER_BYTES = 256 * 1024
+_RESYNC_CHUNK_BYTES = 8 << 20
+_SKIP_HINT = ("rerun with --skip_corrupt to skip corrupt records (each is "
+              "logged and counted), or re-extract the shard")
+
+
+def _crc32c_table():
+    table = np.zeros(256, np.uint32)
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+        table[i] = c
+    return table
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def _masked(crc):
+    # TFRecord stores CRCs rotated and offset ("masked"), so that a CRC of
+    # data that itself holds CRCs does not degenerate.
+    rotated = ((crc >> 15) | (crc << 17)) & 0xFFFFFFFF
+    return (rotated + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def masked_crc32c(data):
+    """The masked CRC32C that TFRecord framing stores.
+
+    A table-driven reference, a byte at a time: for headers (8 bytes) and
+    tests; TensorFlow's reader checks payloads.
+
+    Args:
+      data: bytes.
+
+    Returns:
+      int in [0, 2**32).
+    """
+    table = _CRC32C_TABLE
+    crc = 0xFFFFFFFF
+    for byte in bytes(data):
+        crc = int(table[(crc ^ byte) & 0xFF]) ^ (crc >> 8)
+    return _masked(crc ^ 0xFFFFFFFF)
+
+
+def _masked_crc32c_of_headers(data, positions):
+    """masked_crc32c(data[p:p + 8]) for every p of `positions`, vectorized."""
+    crc = np.full(len(positions), 0xFFFFFFFF, np.uint32)
+    for k in range(8):
+        crc = _CRC32C_TABLE[(crc ^ data[positions + k]) & 0xFF] ^ (crc >> 8)
+    crc = (crc ^ np.uint32(0xFFFFFFFF)).astype(np.uint64)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def record_frames(path):
     """Yields (offset, payload length) of each record, reading only headers.
+
+    The walk follows the lengths without checking their checksums (the
+    reader does), so it is one seek per record.
 
     Args:
       path: a TFRecord file.
 
     Raises:
       CorruptShardError: naming `path` and the byte offset, if a header or
-        payload runs past the end of the file.
+        payload runs past the end of the file (a damaged length header is
+        named as such).
     """
     size = os.path.getsize(path)
     offset = 0
     with open(path, "rb") as f:
         while offset < size:
-            header = f.read(12)
-            if len(header) < 12:
-                raise CorruptShardError(
-                    "%s: truncated record header at byte %d (file has %d bytes)"
-                    % (path, offset, size))
+            header = f.read(HEADER_BYTES)
+            if len(header) < HEADER_BYTES:
+                _raise_framing_error(f, path, size, offset, (
+                    "truncated record header at byte %d (file has %d bytes)"
+                    % (offset, size)))
             (length,) = struct.unpack("<Q", header[:8])
-            end = offset + 12 + length + 4
+            end = offset + FRAME_BYTES + length
             if end > size:
-                raise CorruptShardError(
-                    "%s: truncated record at byte %d: needs %d bytes, file has %d"
-                    % (path, offset, end, size))
+                _raise_framing_error(f, path, size, offset, (
+                    "truncated record at byte %d: needs %d bytes, file has %d"
+                    % (offset, end, size)))
             yield offset, length
             offset = end
             f.seek(offset)
+
+
+def _first_bad_header(f, size):
+    """(offset, kind) of the first record whose header is bad, or None."""
+    offset = 0
+    while offset < size:
+        f.seek(offset)
+        header = f.read(HEADER_BYTES)
+        if len(header) < HEADER_BYTES:
+            return offset, SKIP_TRUNCATED
+        length, crc = struct.unpack("<QI", header)
+        if masked_crc32c(header[:8]) != crc:
+            return offset, SKIP_HEADER
+        if offset + FRAME_BYTES + length > size:
+            return offset, SKIP_TRUNCATED
+        offset += FRAME_BYTES + length
+    return None
+
+
+def _raise_framing_error(f, path, size, offset, message):
+    # The walk broke at `offset`, but a damaged length an earlier record
+    # may have sent it there: name the first record whose header is bad.
+    first = _first_bad_header(f, size)
+    if first is not None and first[1] == SKIP_HEADER:
+        offset = first[0]
+        message = ("corrupt record header at byte %d (%s)" %
+                   (offset, SKIP_HEADER))
+    raise CorruptShardError("%s: %s" % (path, message), path=path,
+                            offset=offset)
 
 
 def check_shard_framing(path):
@@ -292,37 +407,404 @@ def check_shard_framing(path):
     return sum(1 for _ in record_frames(path))
 
 
-# How TensorFlow's record reader reports a checksum mismatch, without the
-# file: the offset is where the record starts (a bad header) or where its
-# payload starts, 12 bytes on (a bad payload).
-_CORRUPT_RECORD_AT = re.compile(r"corrupted record at (\d+)")
+def shard_summary_records(path):
+    """The record count the extractor's summary of shard `path` gives.
+
+    Args:
+      path: a shard path (its summary is the `.json` beside it).
+
+    Returns:
+      int, or None without a readable summary holding a "records" count.
+    """
+    summary = path[:-len(SHARD_SUFFIX)] + SUMMARY_SUFFIX
+    if not path.endswith(SHARD_SUFFIX) or not os.path.isfile(summary):
+        return None
+    try:
+        with open(summary) as f:
+            count = json.load(f).get("records")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return count if isinstance(count, int) and count >= 0 else None
 
 
-def _record_is_intact(path, offset, length):
-    # TensorFlow's own reader checks the CRCs of this one record, copied
-    # into a file of its own.
+# What a skipped span of a shard was (`SkippedRecords.kind`).
+SKIP_CHECKSUM = "payload checksum mismatch"
+SKIP_HEADER = "length checksum mismatch"
+SKIP_TRUNCATED = "truncated record"
+SKIP_MISSING = "records missing from the end (per the shard summary)"
+SKIP_UNREADABLE = "unreadable shard"
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedRecords:
+    """Records of one shard that the reader skipped.
+
+    Attributes:
+      path: the shard.
+      offset: byte offset where the skipped span starts (for
+        SKIP_MISSING, the end of the file).
+      kind: one of the SKIP_* strings.
+      records: how many records the span held (-1: unknown, SKIP_UNREADABLE).
+      num_bytes: bytes of the span.
+      next_offset: where reading went on (None: it did not).
+    """
+    path: str
+    offset: int
+    kind: str
+    records: int
+    num_bytes: int
+    next_offset: object = None
+
+    def describe(self):
+        return "%s: %s record%s skipped at byte %d (%s, %d bytes)%s" % (
+            self.path, "?" if self.records < 0 else self.records,
+            "" if self.records == 1 else "s", self.offset, self.kind,
+            self.num_bytes, "" if self.next_offset is None else
+            "; reading on at byte %d" % self.next_offset)
+
+
+class SkipLog:
+    """What `--skip_corrupt` readers skipped, each span counted once.
+
+    A span read again (the next epoch, another input pipeline of this
+    process) is not counted again: the figures are records lost from the
+    corpus, not per epoch. Thread-safe (tf.data calls in from its threads).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._spans = {}
+
+    def add(self, span):
+        key = (span.path, span.offset, span.kind)
+        with self._lock:
+            if key in self._spans:
+                return
+            self._spans[key] = span
+        logging.warning("skipping corrupt records (--skip_corrupt): %s",
+                        span.describe())
+
+    def spans(self, path=None):
+        """The skipped spans (of `path` only, if given), in shard order."""
+        with self._lock:
+            spans = list(self._spans.values())
+        return sorted((s for s in spans if path is None or s.path == path),
+                      key=lambda s: (s.path, s.offset))
+
+    def report(self):
+        """A JSON-able summary: records skipped, shards, and every span."""
+        spans = self.spans()
+        return {
+            "records": sum(max(s.records, 0) for s in spans),
+            "shards": len({s.path for s in spans}),
+            "unknown_record_counts": sum(s.records < 0 for s in spans),
+            "spans": [dataclasses.asdict(s) for s in spans],
+        }
+
+    def reset(self):
+        with self._lock:
+            self._spans.clear()
+
+
+SKIPPED = SkipLog()
+"""Every span that this process's `skip_corrupt` readers skipped."""
+
+
+def skip_report():
+    """`SKIPPED.report()`: what --skip_corrupt skipped so far (JSON-able)."""
+    return SKIPPED.report()
+
+
+def _records_from(path, offset):
+    """A TFRecordDataset of `path` starting at byte `offset` (a record's)."""
+    variant = tf.raw_ops.TFRecordDatasetV2(
+        filenames=path, compression_type="",
+        buffer_size=tf.constant(_READ_BUFFER_BYTES, tf.int64),
+        byte_offsets=tf.cast(offset, tf.int64))
+    ds = tf.data.experimental.from_variant(variant,
+                                           tf.TensorSpec([], tf.string))
+    if tf.executing_eagerly():
+        # tf.data's rewrites of an outermost dataset serialize it, and this
+        # op's serialization drops byte_offsets; there is nothing to rewrite.
+        options = tf.data.Options()
+        options.experimental_optimization.apply_default_optimizations = False
+        options.autotune.enabled = False
+        ds = ds.with_options(options)
+    return ds
+
+
+def _record_is_intact(path, offset):
+    # TensorFlow's own reader checks both CRCs of this one record.
+    try:
+        for _ in _records_from(path, offset).take(1):
+            pass
+    except tf.errors.DataLossError:
+        return False
+    return True
+
+
+def _resync(f, offset, size):
+    """The first offset after `offset` where a well-framed record starts.
+
+    A candidate needs a length whose checksum matches and a frame that fits
+    in the file (a false match in random bytes: about 2**-64 per byte), so
+    a damaged header costs exactly its own record.
+
+    Returns:
+      int, or None when no header follows.
+    """
+    start = offset + 1
+    while start + FRAME_BYTES <= size:
+        f.seek(start)
+        data = np.frombuffer(f.read(min(_RESYNC_CHUNK_BYTES + HEADER_BYTES,
+                                        size - start)), np.uint8)
+        positions = len(data) - HEADER_BYTES + 1
+        if positions <= 0:
+            return None
+        # Lengths under 4 GiB first (cheap), then their checksums.
+        small = np.ones(positions, bool)
+        for k in range(4, 8):
+            small &= data[k:k + positions] == 0
+        candidates = np.flatnonzero(small)
+        if len(candidates):
+            length = np.zeros(len(candidates), np.uint64)
+            for k in range(4):
+                length |= data[candidates + k].astype(np.uint64) << np.uint64(
+                    8 * k)
+            stored = np.zeros(len(candidates), np.uint64)
+            for k in range(4):
+                stored |= data[candidates + 8 + k].astype(
+                    np.uint64) << np.uint64(8 * k)
+            fits = (start + candidates + FRAME_BYTES + length) <= size
+            good = fits & (_masked_crc32c_of_headers(data, candidates) ==
+                           stored)
+            if good.any():
+                return start + int(candidates[np.argmax(good)])
+        start += positions
+    return None
+
+
+def diagnose_record(path, offset):
+    """What is wrong with the record at `offset`, and where reading goes on.
+
+    Args:
+      path: a TFRecord file.
+      offset: where a record starts (where the reader stopped).
+
+    Returns:
+      `SkippedRecords` of the bad record, or None when the record reads
+      intact (a transient read error).
+    """
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
         f.seek(offset)
-        framed = f.read(12 + length + 4)
-    with tempfile.TemporaryDirectory() as scratch:
-        single = os.path.join(scratch, "record.tfrecord")
-        with open(single, "wb") as f:
-            f.write(framed)
+        header = f.read(HEADER_BYTES)
+        if len(header) < HEADER_BYTES:
+            return SkippedRecords(path, offset, SKIP_TRUNCATED, 1,
+                                  size - offset)
+        length, crc = struct.unpack("<QI", header)
+        if masked_crc32c(header[:8]) != crc:
+            following = _resync(f, offset, size)
+            return SkippedRecords(
+                path, offset, SKIP_HEADER, 1,
+                (size if following is None else following) - offset,
+                following)
+    end = offset + FRAME_BYTES + length
+    if end > size:
+        return SkippedRecords(path, offset, SKIP_TRUNCATED, 1, size - offset)
+    if _record_is_intact(path, offset):
+        return None
+    return SkippedRecords(path, offset, SKIP_CHECKSUM, 1, end - offset,
+                          end if end < size else None)
+
+
+def _frames_before(path, stop):
+    """{offset: payload length} of the records starting before byte `stop`.
+
+    Only for a part of the shard that the reader has read (or whose
+    headers checked out): the walk trusts the lengths.
+    """
+    frames = {}
+    offset = 0
+    with open(path, "rb") as f:
+        while offset < stop:
+            f.seek(offset)
+            (length,) = struct.unpack("<Q", f.read(8))
+            frames[offset] = length
+            offset += FRAME_BYTES + length
+    return frames
+
+
+def iter_shard(path, skip_corrupt=False, start=0, log=None):
+    """Yields (offset, serialized record) of a shard's intact records.
+
+    TensorFlow's reader checks both checksums of every record. What a bad
+    record costs with `skip_corrupt` (each span logged once and added to
+    `log`):
+
+      * payload or payload-checksum damage: that record only; reading goes
+        on with the next record (the framing is intact);
+      * length or length-checksum damage: that record only; reading goes on
+        at the next offset where a well-framed record starts (`_resync`);
+      * truncation: the cut record, and, when the shard's summary says how
+        many records the shard had, the records missing after it
+        (SKIP_MISSING); the reader cannot count those without a summary.
+
+    So records read + records counted == the records written, whenever the
+    shard has a summary or its end is intact.
+
+    Args:
+      path: a TFRecord shard.
+      skip_corrupt: skip and count bad records instead of raising.
+      start: the byte offset of a record to start at.
+      log: the `SkipLog` to count in (default `SKIPPED`).
+
+    Yields:
+      (byte offset of the record, serialized record bytes).
+
+    Raises:
+      CorruptShardError: naming the shard, the offset and what is wrong with
+        the first bad record, unless `skip_corrupt`.
+    """
+    log = SKIPPED if log is None else log
+    size = os.path.getsize(path)
+    offset = start
+    seen = 0  # records read or skipped from `start`
+    while offset < size:
+        error = None
         try:
-            for _ in tf.data.TFRecordDataset(single):
-                pass
-        except tf.errors.DataLossError:
-            return False
-    return True
+            for serialized in _records_from(path, offset).as_numpy_iterator():
+                yield offset, serialized
+                seen += 1
+                offset += FRAME_BYTES + len(serialized)
+        except tf.errors.DataLossError as e:
+            error = e
+        if offset >= size:
+            break
+        # A bad record, or a header cut short (which TensorFlow's reader
+        # takes for the end of the file).
+        span = diagnose_record(path, offset)
+        if span is None:
+            raise CorruptShardError(
+                "%s: read error at byte %d, but the record there is intact: "
+                "%s" % (path, offset, error), path=path, offset=offset)
+        if not skip_corrupt:
+            raise CorruptShardError(
+                "%s: corrupt record at byte %d (%s); %s" % (
+                    path, offset, span.kind, _SKIP_HINT),
+                path=path, offset=offset) from error
+        log.add(span)
+        seen += span.records
+        if span.next_offset is None:
+            break
+        offset = span.next_offset
+    expected = shard_summary_records(path)
+    if expected is not None:
+        missing = expected - seen - len(_frames_before(path, start))
+        if missing > 0:
+            if not skip_corrupt:
+                raise CorruptShardError(
+                    "%s: %d of its summary's %d records are missing from "
+                    "the end (truncated); %s" % (path, missing, expected,
+                                                 _SKIP_HINT), path=path,
+                    offset=size)
+            log.add(SkippedRecords(path, size, SKIP_MISSING, missing, 0))
+
+
+# Where each --skip_corrupt stream of a damaged shard goes on reading:
+# {path: int64 [S, 2] (offset, records) of its intact runs after the first
+# bad record}. Set by the shard's end marker, read by its continuation
+# (`_shard_with_skips`); the plan is a function of the file, so streams of
+# the same shard agree.
+_PLANS = {}
+_PLANS_LOCK = threading.Lock()
+_NO_RUNS = np.zeros([0, 2], np.int64)
+
+
+def _runs_after(path, end):
+    """(offset, records) runs of intact records after a bad one at `end`."""
+    runs = []
+    for offset, serialized in iter_shard(path, skip_corrupt=True, start=end):
+        if runs and runs[-1][2] == offset:
+            runs[-1][1] += 1
+        else:
+            runs.append([offset, 1, 0])
+        runs[-1][2] = offset + FRAME_BYTES + len(serialized)
+    return np.asarray([r[:2] for r in runs], np.int64).reshape(-1, 2)
+
+
+def _plan_rest(path, end):
+    """numpy_function: plans the rest of `path` after tf.data stopped."""
+    path = path.decode("utf-8") if isinstance(path, bytes) else str(path)
+    end = int(end)
+    try:
+        runs = _NO_RUNS if end >= os.path.getsize(path) else _runs_after(
+            path, end)
+    except OSError as e:
+        SKIPPED.add(SkippedRecords(path, end, SKIP_UNREADABLE, -1, 0))
+        logging.warning("%s: unreadable (%s)", path, e)
+        runs = _NO_RUNS
+    with _PLANS_LOCK:
+        if len(runs):
+            _PLANS[path] = runs
+        else:
+            _PLANS.pop(path, None)
+    return np.int64(len(runs))
+
+
+def _planned_runs(path):
+    path = path.decode("utf-8") if isinstance(path, bytes) else str(path)
+    with _PLANS_LOCK:
+        return _PLANS.get(path, _NO_RUNS)
+
+
+def _shard_with_skips(path):
+    """The records of one shard, bad ones skipped and counted (tf.data).
+
+    tf.data reads the shard at full speed up to its first bad record (if
+    any: it then ends the shard, `ignore_errors`); a scan tracks the byte
+    offset reached, and only there, once per damaged shard, Python finds
+    the intact runs after it (`_runs_after`), which tf.data reads on.
+    """
+    first = tf.data.TFRecordDataset(path).ignore_errors()
+    marked = first.map(lambda record: (record, False)).concatenate(
+        tf.data.Dataset.from_tensors((tf.constant(b""), tf.constant(True))))
+
+    def track(end, item):
+        record, last = item
+        size = tf.cast(tf.strings.length(record), tf.int64) + FRAME_BYTES
+        runs = tf.cond(last, lambda: tf.numpy_function(
+            _plan_rest, [path, end], tf.int64, stateful=True),
+                       lambda: tf.constant(0, tf.int64))
+        return (end + tf.where(last, tf.constant(0, tf.int64), size),
+                (record, last, runs))
+
+    read = marked.scan(tf.constant(0, tf.int64), track).filter(
+        lambda record, last, runs: tf.logical_not(last)).map(
+            lambda record, last, runs: record)
+
+    def rest(shard):
+        runs = tf.reshape(tf.numpy_function(_planned_runs, [shard], tf.int64,
+                                            stateful=True), [-1, 2])
+        return tf.data.Dataset.from_tensor_slices(runs).flat_map(
+            lambda run: _records_from(shard, run[0]).take(run[1]))
+
+    return read.concatenate(tf.data.Dataset.from_tensors(path).flat_map(rest))
+
+
+# How TensorFlow's record reader reports a bad record, without the file:
+# the offset is where the record starts (a bad or cut header) or where its
+# payload starts, 12 bytes on (a bad payload).
+_CORRUPT_RECORD_AT = re.compile(r"(?:corrupted|truncated) record at (\d+)")
 
 
 def locate_corrupt_records(paths, error):
     """Finds which shard a checksum error of `tf.data` came from.
 
     TensorFlow's reader says "corrupted record at <offset>" without the
-    file. This walks the record headers of `paths` (one seek per record) and
-    checks the record at that offset (its start or its payload's) in each
-    shard that has one.
+    file. This walks the record headers of `paths` (checking their
+    checksums) and checks the record at that offset (its start or its
+    payload's) in each shard that has one.
 
     Args:
       paths: the shard paths that were being read.
@@ -339,12 +821,18 @@ def locate_corrupt_records(paths, error):
     found = []
     for path in paths:
         try:
-            frames = dict(record_frames(path))
-        except (CorruptShardError, OSError):
-            continue  # named by the framing check, or gone
-        for start in (reported, reported - 12):
-            if start in frames and not _record_is_intact(path, start,
-                                                         frames[start]):
+            size = os.path.getsize(path)
+            with open(path, "rb") as f:
+                bad_header = _first_bad_header(f, size)
+            if bad_header is not None and bad_header[0] == reported:
+                found.append((path, reported))
+                continue
+            frames = _frames_before(
+                path, size if bad_header is None else bad_header[0])
+        except (OSError, struct.error):
+            continue  # gone, or damaged elsewhere
+        for start in (reported, reported - HEADER_BYTES):
+            if start in frames and not _record_is_intact(path, start):
                 found.append((path, start))
                 break
     return found
@@ -360,18 +848,64 @@ def data_loss_error(paths, error):
     Returns:
       `CorruptShardError` to raise (from `error`).
     """
-    hint = ("rerun with --skip_corrupt to skip corrupt records (each is "
-            "logged), or re-extract the shard")
     found = locate_corrupt_records(paths, error)
     if found:
         return CorruptShardError("%s; %s" % ("; ".join(
             "%s: corrupt record at byte %d (checksum mismatch)" % hit
-            for hit in found), hint))
+            for hit in found), _SKIP_HINT), path=found[0][0],
+                                 offset=found[0][1])
     message = getattr(error, "message", str(error))
     return CorruptShardError(
         "a record in one of %d shards (%s%s) is corrupt: %s; %s" % (
             len(paths), ", ".join(paths[:3]), ", ..." if len(paths) > 3
-            else "", message, hint))
+            else "", message, _SKIP_HINT))
+
+
+def check_shards(paths, skip_corrupt=False):
+    """Checks shards' framing and summary counts before reading them.
+
+    Cheap: one seek per record, and the summary beside each shard.
+
+    Args:
+      paths: shard paths.
+      skip_corrupt: log damaged shards and keep them (the reader reads their
+        intact records and counts the rest, `iter_shard`) instead of
+        raising; count the records a shard lacks against its summary (cut
+        at a record boundary: the file alone cannot show it).
+
+    Returns:
+      the paths to read: all of them, less the shards whose very first
+      record is damaged when no shard has an intact first record (then
+      the list is empty).
+
+    Raises:
+      CorruptShardError: naming the shard and the byte offset, on damaged
+        framing or fewer records than the shard's summary says, unless
+        `skip_corrupt`.
+    """
+    readable = []
+    for path in paths:
+        try:
+            frames = check_shard_framing(path)
+        except CorruptShardError as e:
+            if not skip_corrupt:
+                raise
+            logging.warning("%s; reading its intact records "
+                            "(--skip_corrupt)", e)
+            readable.append(e.offset != 0)
+            continue
+        readable.append(True)
+        expected = shard_summary_records(path)
+        if expected is not None and frames < expected:
+            size = os.path.getsize(path)
+            if not skip_corrupt:
+                raise CorruptShardError(
+                    "%s: %d records, but its summary says %d: truncated at "
+                    "byte %d; %s" % (path, frames, expected, size,
+                                     _SKIP_HINT), path=path, offset=size)
+            SKIPPED.add(SkippedRecords(path, size, SKIP_MISSING,
+                                       expected - frames, 0))
+    return list(paths) if any(readable) else []
 
 
 def list_shards(file_pattern):
@@ -419,14 +953,18 @@ def read_records(file_pattern, skip_corrupt=False, check_framing=True,
 
     Args:
       file_pattern: corpus directory, glob or comma-separated globs.
-      skip_corrupt: if True, a corrupt shard (truncated framing) is left out
-        and a corrupt record (bad checksum) ends its shard there, each with a
-        logged warning: tf.data cannot resume a shard after a bad record, so
-        the records after it in that shard are lost. If False (default), a
-        truncated shard raises CorruptShardError naming it and a corrupt
-        record raises tf.errors.DataLossError during iteration.
-      check_framing: scan each shard's record headers up front (cheap) so a
-        truncated shard is named before training starts.
+      skip_corrupt: if True, every intact record is read and every bad one
+        is skipped, logged and counted once in `SKIPPED` (`skip_report()`):
+        a record with a bad payload or length checksum costs that record
+        only (reading goes on after it), a truncated shard its cut record
+        and the records its summary says are missing (`iter_shard`). If
+        False (default), damaged framing or a shard shorter than its
+        summary raises CorruptShardError naming the shard and byte offset,
+        and a bad checksum raises tf.errors.DataLossError during iteration
+        (`data_loss_error` names the shard).
+      check_framing: check each shard's framing and summary count up front
+        (`check_shards`, cheap) so a truncated shard is named before
+        training starts.
       num_parallel_reads: shards read at once (default AUTOTUNE).
       shuffle_files: shuffle the shard order (seeded).
       seed: seed for the shard shuffle.
@@ -439,23 +977,15 @@ def read_records(file_pattern, skip_corrupt=False, check_framing=True,
 
     Raises:
       FileNotFoundError: when no shard matches.
-      CorruptShardError: when a shard is truncated and `skip_corrupt` is False.
+      CorruptShardError: when a shard is truncated and `skip_corrupt` is
+        False, or when the first record of every shard is damaged.
     """
     paths = list_shards(file_pattern)
     if check_framing:
-        good = []
-        for path in paths:
-            try:
-                check_shard_framing(path)
-                good.append(path)
-            except CorruptShardError as e:
-                if not skip_corrupt:
-                    raise
-                logging.warning("skipping corrupt shard: %s", e)
-        if not good:
+        paths = check_shards(paths, skip_corrupt)
+        if not paths:
             raise CorruptShardError("every shard matching %r is corrupt" %
                                     file_pattern)
-        paths = good
     return records_from_paths(
         paths, skip_corrupt=skip_corrupt, num_parallel_reads=num_parallel_reads,
         shuffle_files=shuffle_files, seed=seed, cycle_length=cycle_length,
@@ -465,21 +995,22 @@ def read_records(file_pattern, skip_corrupt=False, check_framing=True,
 def records_from_paths(paths, skip_corrupt=False, num_parallel_reads=None,
                        shuffle_files=False, seed=None, cycle_length=None,
                        deterministic=True, prefetch=True):
-    """Like `read_records` on an explicit list (or tensor) of shard paths."""
+    """Like `read_records` on an explicit list of shard paths.
+
+    With `skip_corrupt`, each shard is read by `_shard_with_skips` (intact
+    shards at tf.data's speed, plus a cheap scan of each record's length;
+    Python runs only at each shard's end and, once per damaged shard, to
+    plan the rest), and a record that passes its checksums but does not
+    parse is dropped with tf.data's warning (not counted: no damage to the
+    bytes on disk can make one).
+    """
     files = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths)))
     if shuffle_files:
         files = files.shuffle(len(paths), seed=seed,
                               reshuffle_each_iteration=True)
     autotune = tf.data.AUTOTUNE
-
-    def _one_shard(path):
-        ds = tf.data.TFRecordDataset(path)
-        if skip_corrupt:
-            ds = ds.ignore_errors(log_warning=True)
-        return ds
-
     ds = files.interleave(
-        _one_shard,
+        _shard_with_skips if skip_corrupt else tf.data.TFRecordDataset,
         cycle_length=cycle_length or max(1, min(len(paths), 8)),
         num_parallel_calls=num_parallel_reads or autotune,
         deterministic=deterministic)

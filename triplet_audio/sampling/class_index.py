@@ -52,8 +52,12 @@ CLASS_SAMPLING = ("uniform", "frequency")
 """How the supervised sampler chooses a triplet's class: uniform over classes
 (the paper) or in proportion to each class's windows."""
 
-_VERSION = 1
+# 2: the spans skipped under --skip_corrupt are kept (`skipped_spans`).
+_VERSION = 2
 _WINDOW_BYTES = int(np.prod(C.WINDOW_SHAPE)) * 4
+_SKIP_KINDS = (records.SKIP_CHECKSUM, records.SKIP_HEADER,
+               records.SKIP_TRUNCATED, records.SKIP_MISSING,
+               records.SKIP_UNREADABLE)
 # Negative candidates drawn per anchor and round, and rounds before giving up
 # (a class that co-occurs with every labelled window has no negative).
 _NEGATIVE_CANDIDATES = 8
@@ -71,36 +75,35 @@ def _stat(path):
 
 
 def _scan_shard(path, skip_corrupt):
-    """One pass over a shard: the labelled records' index arrays."""
-    frames = list(records.record_frames(path))
+    """One pass over a shard: the labelled records' index arrays.
+
+    With `skip_corrupt`, bad records are skipped and counted as
+    `records.iter_shard` says; the spans skipped are kept in the index (the
+    `skipped_*` arrays), so a run that loads it counts them again.
+    """
+    log = records.SkipLog()
     offsets, counts, ptr, labels, rids = [], [], [0], [], []
-    reader = tf.data.TFRecordDataset(path).as_numpy_iterator()
-    position = 0
-    try:
-        for serialized in reader:
-            frame_offset, _ = frames[position]
-            position += 1
-            feature = tf.train.Example.FromString(serialized).features.feature
-            # A label listed twice would count the record twice in its class.
-            record_labels = sorted(set(feature[records.LABELS].int64_list.value))
-            if not record_labels:
-                continue  # unlabelled: "unknown", never an anchor or negative
-            payload = feature[records.LOGMEL].bytes_list.value[0]
-            at = serialized.find(payload)
-            if at < 0 or len(payload) % _WINDOW_BYTES:
-                raise records.CorruptShardError(
-                    "%s: record at byte %d has no readable log-mel payload" %
-                    (path, frame_offset))
-            offsets.append(frame_offset + 12 + at)  # 12: TFRecord header
-            counts.append(len(payload) // _WINDOW_BYTES)
-            labels.extend(record_labels)
-            ptr.append(len(labels))
-            rids.append(feature[records.RECORDING_ID].bytes_list.value[0])
-    except tf.errors.DataLossError as e:
-        if not skip_corrupt:
-            raise records.data_loss_error([path], e) from e
-        logging.warning("%s: corrupt record after %d records; the rest of the "
-                        "shard is left out of the class index", path, position)
+    for frame_offset, serialized in records.iter_shard(path, skip_corrupt,
+                                                       log=log):
+        feature = tf.train.Example.FromString(serialized).features.feature
+        # A label listed twice would count the record twice in its class.
+        record_labels = sorted(set(feature[records.LABELS].int64_list.value))
+        if not record_labels:
+            continue  # unlabelled: "unknown", never an anchor or negative
+        payload = feature[records.LOGMEL].bytes_list.value[0]
+        at = serialized.find(payload)
+        if at < 0 or len(payload) % _WINDOW_BYTES:
+            raise records.CorruptShardError(
+                "%s: record at byte %d has no readable log-mel payload" %
+                (path, frame_offset), path=path, offset=frame_offset)
+        offsets.append(frame_offset + records.HEADER_BYTES + at)
+        counts.append(len(payload) // _WINDOW_BYTES)
+        labels.extend(record_labels)
+        ptr.append(len(labels))
+        rids.append(feature[records.RECORDING_ID].bytes_list.value[0])
+    spans = log.spans()
+    for span in spans:
+        records.SKIPPED.add(span)
     return {
         "offsets": np.asarray(offsets, np.int64),
         "windows": np.asarray(counts, np.int32),
@@ -108,7 +111,17 @@ def _scan_shard(path, skip_corrupt):
         "labels": np.asarray(labels, np.int64),
         "recording_ids": np.asarray(rids, dtype=object).astype(bytes)
                          if rids else np.zeros([0], "S1"),
+        "skipped_spans": np.asarray(
+            [[s.offset, s.records, s.num_bytes, _SKIP_KINDS.index(s.kind)]
+             for s in spans], np.int64).reshape(-1, 4),
     }
+
+
+def _skipped_spans(path, index):
+    """The `records.SkippedRecords` an index of `path` was built without."""
+    return [records.SkippedRecords(path, int(offset), _SKIP_KINDS[kind],
+                                   int(count), int(num_bytes))
+            for offset, count, num_bytes, kind in index["skipped_spans"]]
 
 
 def shard_index(path, skip_corrupt=False):
@@ -116,28 +129,41 @@ def shard_index(path, skip_corrupt=False):
 
     Args:
       path: a TFRecord shard.
-      skip_corrupt: index the records before a corrupt one (logged) instead of
-        raising.
+      skip_corrupt: index the shard's intact records, skipping and counting
+        (in `records.SKIPPED`, also when the index is loaded again) the bad
+        ones, instead of raising.
 
     Returns:
       dict of NumPy arrays (see `_scan_shard`).
 
     Raises:
-      records.CorruptShardError: naming the shard on truncated framing or a
-        checksum mismatch (unless `skip_corrupt` for the latter).
+      records.CorruptShardError: naming the shard and the byte offset of its
+        first bad record (also when an index built with `skip_corrupt` is
+        loaded without it), unless `skip_corrupt`.
     """
     cached = index_path(path)
     size, mtime = _stat(path)
+    index = None
     if os.path.exists(cached):
         try:
             with np.load(cached, allow_pickle=False) as data:
                 meta = data["meta"]
                 if (int(meta[0]) == _VERSION and int(meta[1]) == size and
                         int(meta[2]) == mtime):
-                    return {k: data[k] for k in data.files if k != "meta"}
+                    index = {k: data[k] for k in data.files if k != "meta"}
         except (OSError, ValueError, KeyError) as e:
             logging.warning("%s: unreadable class index (%s); rebuilding",
                             cached, e)
+    if index is not None:
+        spans = _skipped_spans(path, index)
+        if spans and not skip_corrupt:
+            raise records.CorruptShardError(
+                "%s; rerun with --skip_corrupt to skip corrupt records, or "
+                "re-extract the shard" % spans[0].describe(), path=path,
+                offset=spans[0].offset)
+        for span in spans:
+            records.SKIPPED.add(span)
+        return index
     logging.info("building the class index of %s", path)
     index = _scan_shard(path, skip_corrupt)
     temp = cached + records.TEMP_SUFFIX

@@ -211,8 +211,9 @@ def shard_paths(file_pattern, input_context=None, skip_corrupt=False):
     Args:
       file_pattern: corpus directory, glob or comma-separated globs.
       input_context: optional `tf.distribute.InputContext`.
-      skip_corrupt: leave out a shard with truncated framing (logged) instead
-        of raising.
+      skip_corrupt: keep a shard with damaged framing or fewer records than
+        its summary says (logged; the reader reads its intact records and
+        counts the rest, `records.iter_shard`) instead of raising.
 
     Returns:
       (paths, record_shard): the shard paths to read and None, or
@@ -220,7 +221,8 @@ def shard_paths(file_pattern, input_context=None, skip_corrupt=False):
 
     Raises:
       FileNotFoundError: when nothing matches.
-      records.CorruptShardError: on a truncated shard unless `skip_corrupt`.
+      records.CorruptShardError: on a truncated shard unless `skip_corrupt`,
+        or when the first record of every shard is damaged.
     """
     paths = records.list_shards(file_pattern)
     record_shard = None
@@ -235,15 +237,7 @@ def shard_paths(file_pattern, input_context=None, skip_corrupt=False):
                 "shards and keeps every %d-th record; write at least %d shards "
                 "to read each once", len(paths), num, num, num)
             record_shard = (num, index)
-    good = []
-    for path in paths:
-        try:
-            records.check_shard_framing(path)
-            good.append(path)
-        except records.CorruptShardError as e:
-            if not skip_corrupt:
-                raise
-            logging.warning("skipping corrupt shard: %s", e)
+    good = records.check_shards(paths, skip_corrupt)
     if not good:
         raise records.CorruptShardError(
             "every shard of %r this input pipeline reads is corrupt" %
@@ -265,7 +259,8 @@ def read_corpus(file_pattern, seed=0, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
       shuffle_buffer: window shuffle size; the record shuffle holds
         `shuffle_buffer // 32` records (1 to 256).
       input_context: optional `tf.distribute.InputContext`.
-      skip_corrupt: skip corrupt shards and records (logged).
+      skip_corrupt: skip corrupt records (each logged and counted in
+        `records.SKIPPED`).
 
     Returns:
       tf.data.Dataset of `records.parse_example` dicts.
@@ -394,7 +389,8 @@ def make_window_dataset(file_pattern, seed=0, shuffle_buffer=0,
         window shuffle).
       input_context: optional `tf.distribute.InputContext`.
       num_classes: include multi-hot labels of this size.
-      skip_corrupt: skip corrupt shards and records (logged).
+      skip_corrupt: skip corrupt records (each logged and counted in
+        `records.SKIPPED`).
 
     Returns:
       tf.data.Dataset of window dicts (`record_to_windows` fields, unbatched).
@@ -604,8 +600,8 @@ def make_triplets(file_pattern, sampler_config, seed=0, input_context=None,
         then reads only its share of the shards.
       num_classes: vocabulary size for `supervised` (default: the manifest's
         class count).
-      skip_corrupt: skip corrupt shards and records (logged) instead of
-        raising.
+      skip_corrupt: skip corrupt records (each logged and counted in
+        `records.SKIPPED`) instead of raising.
       repeat: repeat indefinitely (reshuffling each pass). One pass that
         yields no triplet (e.g. proximity on single-window recordings) ends
         the dataset instead of spinning forever.
@@ -676,8 +672,8 @@ def make_triplet_dataset(file_pattern, sampler_config, batch_size, seed=0,
       input_context: optional `tf.distribute.InputContext`: disjoint shards per
         input pipeline and the per-replica batch size.
       num_classes: vocabulary size for `supervised` (default: the manifest's).
-      skip_corrupt: skip corrupt shards and records (logged) instead of
-        raising.
+      skip_corrupt: skip corrupt records (each logged and counted in
+        `records.SKIPPED`) instead of raising.
       repeat: repeat indefinitely (training) or make one pass.
 
     Returns:
