@@ -40,10 +40,12 @@ time. What grows with the length is the audio itself and the [n_sounds,
 n_timestamps, D] output (see the README for the bound measured on
 20-minute sounds).
 
-Bad input (not 2-D, no sound or no sample, NaN or Inf samples, a
-non-float dtype) is refused with a ValueError that says which.
+Bad input (not an array, ragged, not 2-D, no sound or no sample, NaN or Inf
+samples, a non-float dtype, samples so large that the embeddings overflow)
+is refused with a ValueError that says which.
 """
 
+import re
 
 from absl import logging
 import numpy as np
@@ -157,7 +159,12 @@ def _check_audio(audio, caller):
         audio = audio.numpy()
     elif hasattr(audio, "detach"):  # a torch tensor
         audio = audio.detach().cpu().numpy()
-    audio = np.asarray(audio)
+    try:
+        audio = np.asarray(audio)
+    except ValueError as e:  # NumPy's "inhomogeneous shape" for ragged lists
+        raise ValueError("%s: audio must be a 2-D array [n_sounds, n_samples] "
+                         "(sounds of equal length), got %s: %s" % (
+                             caller, type(audio).__name__, e)) from e
     if audio.dtype.kind != "f":
         raise ValueError("%s: audio must be floating-point samples in "
                          "[-1, 1], got dtype %s" % (caller, audio.dtype))
@@ -186,14 +193,16 @@ def _check_model(model, caller):
                          % (caller, type(model).__name__))
 
 
-def _window_embeddings(model, audio, hop_frames, lead):
+def _window_embeddings(model, audio, hop_frames, lead, caller):
     """Embeddings [n_sounds, W, D] of the windows of the padded sounds.
 
     The padded sound is `lead` zeros, the sound, then zeros up to a whole
     window at least (and `lead` more when lead > 0): window w starts at
     sample w * hop of it. Calls cover `CALL_SECONDS` of windows each; a
     call's stretch is cut from the sound (a view) with zeros where the
-    padding is, so no padded copy of a whole sound is made.
+    padding is, so no padded copy of a whole sound is made. A request the
+    export refuses (embeddings that overflow on huge samples) is a
+    ValueError naming `caller` and the sounds.
     """
     num_sounds, num_samples = audio.shape
     hop_samples = hop_frames * C.STFT_HOP_SAMPLES
@@ -217,9 +226,24 @@ def _window_embeddings(model, audio, hop_frames, lead):
                 stretch = np.zeros((audio[sounds].shape[0], length),
                                    np.float32)
                 stretch[:, lo - start:hi - start] = audio[sounds, lo:hi]
-            emb = model.embed(stretch, hop_seconds)["window_embeddings"]
+            try:
+                emb = model.embed(stretch, hop_seconds)["window_embeddings"]
+            except tf.errors.InvalidArgumentError as e:
+                raise ValueError("%s: sounds %d-%d: %s" % (
+                    caller, first_sound, first_sound + stretch.shape[0] - 1,
+                    _assertion_message(e))) from e
             out[sounds, first:first + count] = emb.numpy()
     return out
+
+
+def _assertion_message(error):
+    """The message of the export's failed in-graph check (or the error's)."""
+    found = re.search(r"assertion failed: \[(.*?)\](?: \[(.*?)\])?",
+                      error.message)
+    if found is None:
+        return error.message.strip().splitlines()[-1]
+    return " ".join(g for g in found.groups()
+                    if g and not g.startswith("Condition"))
 
 
 def get_scene_embeddings(audio, model):
@@ -239,7 +263,8 @@ def get_scene_embeddings(audio, model):
     _check_model(model, caller)
     audio = _check_audio(audio, caller)
     windows = _window_embeddings(model, audio,
-                                 C.window_hop_frames(SCENE_HOP_SECONDS), 0)
+                                 C.window_hop_frames(SCENE_HOP_SECONDS), 0,
+                                 caller)
     return tf.constant(windows.mean(axis=1, dtype=np.float32))
 
 
@@ -280,7 +305,7 @@ def get_timestamp_embeddings(audio, model):
     audio = _check_audio(audio, caller)
     hop = model.timestamp_hop_seconds
     embeddings = _window_embeddings(model, audio, C.window_hop_frames(hop),
-                                    C.MIN_WINDOW_SAMPLES // 2)
+                                    C.MIN_WINDOW_SAMPLES // 2, caller)
     times = timestamps_ms(embeddings.shape[1], hop).astype(np.float32)
     timestamps = np.broadcast_to(times, embeddings.shape[:2])
     return tf.constant(embeddings), tf.constant(timestamps)

@@ -29,7 +29,12 @@ Safety, for a page that listens on localhost by default:
     otherwise, before anything is read); it is written only into the
     server's own temporary folder, under a name the server makes (never the
     client's), and the folder is removed when the server stops; only the
-    last `MAX_UPLOADS` uploads are kept.
+    last `MAX_UPLOADS` uploads are kept;
+  * an upload is decoded block by block and refused (413) past
+    `MAX_UPLOAD_SECONDS` of audio, whatever its header says: a compressed
+    file of silence under the byte limit can hold days of audio;
+  * a connection that sends nothing for `TIMEOUT_SECONDS` (a stalled
+    upload) is answered 408 and closed, rather than holding its thread.
 """
 
 import http.server
@@ -38,6 +43,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import socketserver
 import tempfile
 import threading
@@ -55,6 +61,12 @@ MAX_UPLOADS = 20
 CONTEXT_SECONDS = 1.0
 """Audio played around a hit's best moment, before and after it."""
 MAX_CLIP_SECONDS = 30.0
+MAX_UPLOAD_SECONDS = 600.0
+"""The most audio an uploaded query may decode to (38 MB at 16 kHz): 20 MB
+of FLAC silence decodes to about 200 hours, which took the server down."""
+TIMEOUT_SECONDS = 60
+"""Seconds a connection may stay silent mid-request (or idle between
+requests) before it is closed."""
 _EXTENSION_RE = re.compile(r"^[a-z0-9]{1,5}$")
 
 
@@ -219,6 +231,31 @@ def read_clip(path, start, duration):
     return data.mean(axis=1), rate
 
 
+def _decode_upload(path, name):
+    """16 kHz mono float32 samples of an uploaded file, or HttpError.
+
+    Decoded block by block, stopping past `MAX_UPLOAD_SECONDS` (the header's
+    length is checked first, but a header can lie).
+    """
+    from triplet_audio.features import audio_io  # pylint: disable=g-import-not-at-top
+    limit = int(MAX_UPLOAD_SECONDS * C.SAMPLE_RATE)
+    too_long = HttpError(413, "%s decodes to more than %g s of audio, the "
+                         "limit of a query" % (name, MAX_UPLOAD_SECONDS))
+    try:
+        with audio_io.AudioStream(path) as stream:
+            if stream.info.duration_seconds > MAX_UPLOAD_SECONDS:
+                raise too_long
+            blocks, total = [], 0
+            for block in stream:
+                total += block.shape[0]
+                if total > limit:
+                    raise too_long
+                blocks.append(block)
+    except audio_io.AudioError as e:
+        raise HttpError(400, "%s: %s" % (name, e.kind))
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+
+
 def wav_bytes(samples, rate):
     """16-bit PCM WAV file bytes of mono `samples`."""
     import soundfile as sf  # pylint: disable=g-import-not-at-top
@@ -256,6 +293,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     server_version = "triplet-audio-search"
     protocol_version = "HTTP/1.1"
+    timeout = TIMEOUT_SECONDS  # socketserver sets it on the connection.
 
     def log_message(self, format, *args):  # pylint: disable=redefined-builtin
         logging.debug("%s " + format, self.address_string(), *args)
@@ -301,9 +339,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        try:
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client hung up (mid-upload, say): nobody to answer, and
+            # not worth socketserver's traceback on stderr.
+            logging.debug("%s hung up before the answer",
+                          self.address_string())
+            self.close_connection = True
 
     def _json(self, value, status=200):
         self._send(status, json.dumps(jsonio.to_jsonable(value)).encode(
@@ -415,21 +460,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
             extension = "bin"
         upload_id, raw_path = self.server.new_upload(name, extension)
         remaining = length
-        with open(raw_path, "wb") as f:
-            while remaining:
-                chunk = self.rfile.read(min(remaining, 1 << 16))
-                if not chunk:
-                    break
-                f.write(chunk)
-                remaining -= len(chunk)
-        if remaining:
-            os.remove(raw_path)
-            raise HttpError(400, "the upload ended early")
-        from triplet_audio.features import audio_io  # pylint: disable=g-import-not-at-top
         try:
-            waveform = audio_io.load_audio(raw_path)
-        except audio_io.AudioError as e:
-            raise HttpError(400, "%s: %s" % (name, e.kind))
+            with open(raw_path, "wb") as f:
+                while remaining:
+                    chunk = self.rfile.read(min(remaining, 1 << 16))
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    remaining -= len(chunk)
+        except (socket.timeout, TimeoutError):
+            self.close_connection = True
+            raise HttpError(408, "the upload stalled: nothing received for "
+                            "%g s, %d of %d bytes missing" % (
+                                self.timeout, remaining, length))
+        finally:
+            if remaining and os.path.exists(raw_path):
+                os.remove(raw_path)
+        if remaining:
+            raise HttpError(400, "the upload ended early")
+        try:
+            waveform = _decode_upload(raw_path, name)
         finally:
             os.remove(raw_path)
         if waveform.size == 0:

@@ -9,8 +9,9 @@ import) and carries the log-mel front end in its graph. Signatures:
      Clips shorter than one window are zero-padded to one window, exactly as
      `frontend.waveform_to_windows` does.
      Windows are 0.96 s, `window_hop_seconds` apart (bin/export
-     --window_hop_seconds, default 0.96: non-overlapping, computed by the
-     same graph as before the hop existed).
+     --window_hop_seconds, default 0.96: non-overlapping), made and embedded
+     step by step as embed_waveforms does (below), so an hour of audio needs
+     no more working memory than a minute.
   embed_logmel(logmel: float32 [B, 96, 64]) -> embeddings float32 [B, D]
   embed_waveforms(waveforms: float32 [B, N], hop_seconds: float32 [])
       -> window_embeddings float32 [B, W, D], clip_embeddings float32 [B, D],
@@ -24,9 +25,13 @@ import) and carries the log-mel front end in its graph. Signatures:
      the [B, W, D] output do). Waveforms shorter than one window are
      zero-padded to one window.
 
-Inputs are validated in the graph: a request with the wrong rank or dtype is
-refused by the signature itself; an empty input or non-finite values raise
-InvalidArgumentError with a message saying which.
+Inputs are validated in the graph, so TF Serving enforces it too: a request
+with the wrong dtype, rank or inner shape, an empty or non-finite input, a
+bad hop, or more audio than `MAX_REQUEST_SECONDS` (more windows than
+`MAX_REQUEST_WINDOWS` for embed_logmel) raises InvalidArgumentError with a
+message naming the signature and saying what was expected; so do embeddings
+that come out NaN or Inf (finite samples too large to square in float32),
+rather than being returned. The limits are in metadata.json ("limits").
 
 Beside it: `metadata.json` (package version, sample rate, front-end
 parameters, embedding size, window hop, signatures, the training config) and
@@ -59,6 +64,19 @@ SERVING_BATCH_WINDOWS = 256
 """Windows per model call inside the signatures: longer inputs are embedded
 batch by batch, so memory does not grow with the clip length."""
 
+MAX_REQUEST_SECONDS = 3600.0
+"""The most audio one waveform request may carry: an hour at 16 kHz (summed
+over embed_waveforms' batch, each waveform counted as at least the one window
+it is padded to). The working memory does not grow with the length; the
+request does (230 MB of float32, about 1 GB as TF Serving JSON), so longer
+audio is sent in pieces (the HEAR API cuts its own)."""
+
+MAX_REQUEST_SAMPLES = int(MAX_REQUEST_SECONDS * C.SAMPLE_RATE)
+
+MAX_REQUEST_WINDOWS = 16384
+"""The most log-mel windows one embed_logmel request may carry (400 MB of
+float32): far above an accelerator's batch (bin/embed sends 512)."""
+
 TFLITE_NAMES = {"float32": "model.tflite", "float16": "model_float16.tflite",
                 "int8": "model_int8.tflite"}
 """File name of each TFLite variant in the export directory."""
@@ -87,26 +105,37 @@ class EmbeddingModule(tf.Module):
     def embed_logmel(self, logmel):
         """[B, 96, 64] log-mel windows -> {"embeddings": [B, D]}."""
         shape = tf.shape(logmel)
+        # One test that holds for any rank: comparing shape[1:] with
+        # [96, 64] under a control dependency on a rank check still ran
+        # first on a scalar or 4-D request, and failed with "Incompatible
+        # shapes: [2] vs. [3]", naming neither signature nor shape.
+        inner = tf.concat([shape, tf.zeros([3], tf.int32)], 0)[1:3]
         checks = [
-            tf.debugging.assert_equal(
-                tf.rank(logmel), 3,
-                message="embed_logmel: logmel must be [batch, %d, %d]" %
-                C.WINDOW_SHAPE),
+            tf.debugging.Assert(
+                tf.logical_and(
+                    tf.equal(tf.size(shape), 3),
+                    tf.reduce_all(tf.equal(inner, C.WINDOW_SHAPE))),
+                ["embed_logmel: logmel must be [batch, %d, %d], got shape" %
+                 C.WINDOW_SHAPE, shape]),
         ]
         with tf.control_dependencies(checks):
+            shape = tf.identity(shape)
             checks = [
-                tf.debugging.assert_equal(
-                    shape[1:], tf.constant(C.WINDOW_SHAPE, tf.int32),
-                    message="embed_logmel: logmel must be [batch, %d, %d]" %
-                    C.WINDOW_SHAPE),
                 tf.debugging.assert_greater(
                     shape[0], 0, message="embed_logmel: empty batch"),
+                tf.debugging.assert_less_equal(
+                    shape[0], MAX_REQUEST_WINDOWS,
+                    message="embed_logmel: more than %d windows in one "
+                    "request; send them in batches" % MAX_REQUEST_WINDOWS),
             ]
         with tf.control_dependencies(checks):
             logmel = tf.debugging.assert_all_finite(
                 logmel, "embed_logmel: logmel has NaN or Inf values")
         logmel = tf.ensure_shape(logmel, [None] + list(C.WINDOW_SHAPE))
-        return {"embeddings": self._embed(logmel)}
+        return {"embeddings": _checked_finite(
+            self._embed(logmel), logmel, "embed_logmel",
+            "log-mel values are expected as the front end makes them, "
+            "log(mel + %g)" % C.LOG_OFFSET)}
 
     # Named after its signature: TF names the function in the error a
     # wrong-dtype request gets, so the caller sees which signature refused.
@@ -123,27 +152,23 @@ class EmbeddingModule(tf.Module):
             tf.debugging.assert_greater(
                 tf.size(waveform), 0,
                 message="serving_default: waveform is empty"),
+            tf.debugging.assert_less_equal(
+                tf.size(waveform), MAX_REQUEST_SAMPLES,
+                message=_too_long_message("serving_default", "waveform")),
             tf.debugging.assert_all_finite(
                 waveform, "serving_default: waveform has NaN or Inf samples"),
         ]
         with tf.control_dependencies(checks):
             waveform = tf.identity(waveform)
-        if self.window_hop_frames != C.WINDOW_FRAMES:
-            out = self._embed_waveforms(waveform[tf.newaxis],
-                                        tf.constant(self.window_hop_frames))
-            return {"window_embeddings": out["window_embeddings"][0],
-                    "clip_embedding": out["clip_embeddings"][0],
-                    "start_times": out["start_times"]}
-        windows = frontend.waveform_to_windows(waveform, pad_short=True)
-        embeddings = self._embed(windows)
-        num_windows = tf.shape(windows)[0]
-        start_times = tf.cast(tf.range(num_windows), tf.float32) * (
-            C.WINDOW_SECONDS)
-        return {
-            "window_embeddings": embeddings,
-            "clip_embedding": tf.reduce_mean(embeddings, axis=0),
-            "start_times": start_times,
-        }
+        # The stepped path at every hop (the default one included): the
+        # whole-clip framing it replaced held the STFT of the whole clip,
+        # 1.7 GB more for an hour of audio; the embeddings agree to 1e-6.
+        out = self._embed_waveforms(waveform[tf.newaxis],
+                                    tf.constant(self.window_hop_frames),
+                                    "serving_default")
+        return {"window_embeddings": out["window_embeddings"][0],
+                "clip_embedding": out["clip_embeddings"][0],
+                "start_times": out["start_times"]}
 
     @tf.function(input_signature=[
         tf.TensorSpec(None, tf.float32, name="waveforms"),
@@ -161,10 +186,19 @@ class EmbeddingModule(tf.Module):
                     message="%s: hop_seconds must be a scalar" % name)]):
             shape = tf.shape(waveforms)
             hop_seconds = tf.reshape(hop_seconds, [])
+        # Each waveform is padded to at least one window before framing:
+        # many tiny ones are as costly as that many windows of audio.
+        padded_samples = tf.cast(shape[0], tf.int64) * tf.maximum(
+            tf.cast(shape[1], tf.int64), C.MIN_WINDOW_SAMPLES)
         checks = [
             tf.debugging.assert_greater(
                 tf.reduce_min(shape), 0,
                 message="%s: waveforms is empty" % name),
+            tf.debugging.assert_less_equal(
+                padded_samples, tf.constant(MAX_REQUEST_SAMPLES, tf.int64),
+                message=_too_long_message(
+                    name, "waveforms (batch x max(num_samples, %d))" %
+                    C.MIN_WINDOW_SAMPLES)),
             tf.debugging.assert_all_finite(
                 waveforms, "%s: waveforms has NaN or Inf samples" % name),
             tf.debugging.assert_all_finite(
@@ -188,9 +222,9 @@ class EmbeddingModule(tf.Module):
         ]
         with tf.control_dependencies(checks):
             hop_frames = tf.identity(hop_frames)
-        return self._embed_waveforms(waveforms, hop_frames)
+        return self._embed_waveforms(waveforms, hop_frames, name)
 
-    def _embed_waveforms(self, waveforms, hop_frames):
+    def _embed_waveforms(self, waveforms, hop_frames, name):
         """[B, N] valid waveforms, int32 hop -> embed_waveforms' outputs.
 
         The windows are made and embedded step by step: step i takes windows
@@ -199,7 +233,7 @@ class EmbeddingModule(tf.Module):
         span, frames them `hop_frames` apart and runs the model on the B k
         windows. The frames of a step are those of the whole waveform (a
         step starts on a whole STFT hop), so the result does not depend on
-        k.
+        k. `name` (the signature) heads the error of a non-finite result.
         """
         waveforms = tf.pad(waveforms, [[0, 0], [0, tf.maximum(
             C.MIN_WINDOW_SAMPLES - tf.shape(waveforms)[1], 0)]])
@@ -237,6 +271,9 @@ class EmbeddingModule(tf.Module):
         embeddings = tf.transpose(outputs.concat(), [1, 0, 2])
         embeddings = tf.ensure_shape(embeddings,
                                      [None, None, self.embedding_size])
+        embeddings = _checked_finite(
+            embeddings, waveforms, name,
+            "16 kHz samples are expected in [-1, 1]")
         return {
             "window_embeddings": embeddings,
             "clip_embeddings": tf.reduce_mean(embeddings, axis=1),
@@ -250,8 +287,10 @@ class EmbeddingModule(tf.Module):
         waveform float32 [num_samples] (16 kHz mono) -> window_embeddings
         [W, D] (windows `window_hop_frames` apart, a clip shorter than one
         window zero-padded to one, as serving_default) and clip_embedding
-        [D]. TFLite has no in-graph input checks: the caller keeps the
-        samples finite.
+        [D]. TFLite has no in-graph input checks (the converter keeps no
+        asserts): the caller keeps the samples finite (NaN in, NaN out) and
+        the waveform 1-D (another rank fails in a TFLite kernel, "PAD ...
+        dims"); an empty waveform is embedded as one zero-padded window.
         """
         hop_frames = self.window_hop_frames
 
@@ -284,6 +323,33 @@ class EmbeddingModule(tf.Module):
         _, outputs = tf.while_loop(lambda i, _: i < num_batches, body,
                                    (tf.constant(0), outputs))
         return tf.ensure_shape(outputs.concat(), [None, self.embedding_size])
+
+
+def _too_long_message(signature, what):
+    return ("%s: %s has more samples than the limit of %d (%g s of 16 kHz "
+            "audio) per request; send it in pieces" % (
+                signature, what, MAX_REQUEST_SAMPLES, MAX_REQUEST_SECONDS))
+
+
+def _checked_finite(embeddings, inputs, signature, expected):
+    """`embeddings`, or InvalidArgumentError when any is NaN or Inf.
+
+    Finite input can still overflow: samples of 1e19 or more square to Inf
+    in the power spectrum, and the model returned NaN without a word.
+    """
+    def report():
+        # In the branch, so the largest |value| (a pass over the request)
+        # is computed only for the error message.
+        largest = tf.maximum(tf.reduce_max(inputs), -tf.reduce_min(inputs))
+        with tf.control_dependencies([tf.debugging.Assert(False, [
+                "%s: the embeddings came out NaN or Inf: the input values "
+                "are too large (%s); the largest |value| in the request is"
+                % (signature, expected), largest])]):
+            return tf.constant(False)
+    ok = tf.cond(tf.reduce_all(tf.math.is_finite(embeddings)),
+                 lambda: tf.constant(True), report)
+    with tf.control_dependencies([ok]):
+        return tf.identity(embeddings)
 
 
 def export_saved_model(model, export_dir, training_config=None,
@@ -356,6 +422,14 @@ def export_saved_model(model, export_dir, training_config=None,
         "frontend": C.frontend_params(),
         "embedding_size": d,
         "window_hop_seconds": round(hop_frames * C.STFT_HOP_SECONDS, 6),
+        "limits": {
+            "max_request_seconds": MAX_REQUEST_SECONDS,
+            "max_request_samples": MAX_REQUEST_SAMPLES,
+            "max_request_windows": MAX_REQUEST_WINDOWS,
+            "note": "per request, checked in the graph: waveform samples "
+                    "(embed_waveforms: batch x max(num_samples, %d)), "
+                    "embed_logmel windows" % C.MIN_WINDOW_SAMPLES,
+        },
         "model": models.model_summary_dict(model),
         "step": step,
         "signatures": {
