@@ -473,9 +473,17 @@ def test_corrupt_record_names_the_shard_and_skip_corrupt_trains(tmp_path):
     # A run that had taken steps keeps them in a checkpoint.
     step = checkpoint_step(str(tmp_path / "run"))
     assert step is None or 0 < step < 200
-    trainer.train(make_config(bad_corpus, tmp_path / "skipping",
-                               sampler="noise", steps=3, skip_corrupt=True))
+    records.SKIPPED.reset()
+    summary = trainer.train(make_config(bad_corpus, tmp_path / "skipping",
+                                        sampler="noise", steps=3,
+                                        skip_corrupt=True))
     assert checkpoint_step(str(tmp_path / "skipping")) == 3
+    # The run summary counts what was skipped: the one bad record, where it is.
+    skipped = read_summary(str(tmp_path / "skipping"))["skipped_records"]
+    assert skipped == summary["skipped_records"]
+    assert skipped["records"] == 1
+    assert [(s["path"], s["offset"]) for s in skipped["spans"]] == [
+        (shard, offset)]
 
 
 # ----------------------------------------------------- signals (bin/train)

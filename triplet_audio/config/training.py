@@ -95,6 +95,12 @@ class TrainConfig:
     weight_decay: float = fields.setting(
         0.0, "Decoupled weight decay (adamw only).", lower_bound=0.0)
     steps: int = fields.setting(10000, "Total training steps.", lower_bound=1)
+    stop_at_step: int = fields.setting(
+        0, "End this run at step N with a checkpoint, as a signal would, "
+        "but with exit status 0 (0: off). The learning-rate schedule still "
+        "runs to --steps; rerunning without it resumes. For staged runs and "
+        "for comparing a resumed run with one stopped at the same steps.",
+        lower_bound=0)
     checkpoint_every: int = fields.setting(
         1000, "Save a checkpoint every N steps (and at exit).", lower_bound=1)
     keep_checkpoints: int = fields.setting(3, "Checkpoints kept.",
@@ -190,6 +196,8 @@ class TrainConfig:
             bad("warmup_steps", "must be in [0, steps)")
         if self.checkpoint_every < 1:
             bad("checkpoint_every", "must be >= 1")
+        if self.stop_at_step < 0:
+            bad("stop_at_step", "must be >= 0 (0: off)")
         if self.strategy == "tpu" and not self.tpu:
             bad("tpu", "required with --strategy=tpu")
         if self.tf_data_service:

@@ -229,12 +229,19 @@ def _next_batch(config, state, iterator, step):
             records.list_shards(config.train_data), e) from e
 
 
+def last_step(config):
+    """The step this run ends at: --steps, or --stop_at_step when earlier."""
+    if config.stop_at_step:
+        return min(config.steps, config.stop_at_step)
+    return config.steps
+
+
 def _is_log_step(config, step):
-    return step % config.log_every == 0 or step == config.steps
+    return step % config.log_every == 0 or step == last_step(config)
 
 
 def _is_checkpoint_step(config, step):
-    return step % config.checkpoint_every == 0 or step == config.steps
+    return step % config.checkpoint_every == 0 or step == last_step(config)
 
 
 def fmt_eta(seconds):
@@ -274,7 +281,7 @@ class _Progress:
         windows_per_s = steps_per_s * config.batch_size
         lr = float(self.schedule(step))
         if _is_log_step(config, step):
-            eta = (config.steps - step) / max(steps_per_s, 1e-9)
+            eta = (last_step(config) - step) / max(steps_per_s, 1e-9)
             logging.info(
                 "step %d/%d  loss %.4f  active %.2f  d+ %.3f  "
                 "d- %.3f  lr %.2e  %.1f steps/s  %.0f windows/s  "
@@ -296,7 +303,7 @@ class _Progress:
 
 
 def run_steps(config, state, train_step, iterator):
-    """Trains from `state.start_step` to `config.steps` or until stopped.
+    """Trains from `state.start_step` to `last_step(config)` or until stopped.
 
     After each step the loop checks for a signal; at log, checkpoint and
     stop steps it checks the loss is finite, reads the metrics, logs and
@@ -331,7 +338,7 @@ def run_steps(config, state, train_step, iterator):
         # preemption handler stops them all at one step.
         own_stop = config.strategy != "multi_worker"
         try:
-            while result.step < config.steps:
+            while result.step < last_step(config):
                 batch = _next_batch(config, state, iterator, result.step)
                 if handler is not None:
                     out = handler.run(train_step, batch)
@@ -354,6 +361,10 @@ def run_steps(config, state, train_step, iterator):
                                     stop.signum, result.step)
                     result.interrupted = True
                     break
+            if not result.interrupted and result.step < config.steps:
+                logging.info("stopped at --stop_at_step=%d (of --steps=%d); "
+                             "rerun without it to continue", result.step,
+                             config.steps)
         except PEER_ERRORS as e:
             if config.strategy != "multi_worker":
                 raise

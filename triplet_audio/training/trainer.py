@@ -3,8 +3,10 @@
 `train(config)` sets up the strategy, model, optimizer and checkpoint,
 restores the latest checkpoint in `config.model_dir` if there is one (so
 rerunning the same command resumes), builds the triplet input pipeline, and
-trains to `config.steps` (`loop.run_steps`), checkpointing every
-`checkpoint_every` steps, on SIGTERM/SIGINT, and at exit. The parts:
+trains to `config.steps` (or `stop_at_step`; `loop.run_steps`),
+checkpointing every `checkpoint_every` steps, on SIGTERM/SIGINT, and at exit.
+It holds the run directory's lock (`run_dir.RunLock`) throughout, so a
+second run on the same directory is refused. The parts:
 
   trainer.py     the set-up (strategy, precision, optimizer and learning-
                  rate schedule, model and checkpoint, the dataset) and
@@ -214,18 +216,22 @@ def prepare(config):
     Validates the config (reading the class count for the supervised
     sampler), refuses an incompatible existing run directory, sets the
     precision policy, creates the strategy, checks the batch splits into
-    whole triplets per replica, writes config.json (chief) and seeds.
-    Nothing is written before every check has passed.
+    whole triplets per replica, locks the run directory (`run_dir.RunLock`:
+    a second bin/train on it is refused), writes config.json (chief) and
+    seeds. Nothing is written before every check has passed and the lock is
+    held.
 
     Args:
       config: TrainConfig (its `num_classes` is filled in when needed).
 
     Returns:
-      (strategy, is_chief).
+      (strategy, is_chief, lock): the caller releases the `run_dir.RunLock`
+      when the run ends.
 
     Raises:
       ValueError: on an invalid config, a supervised run without classes, an
         incompatible model_dir or a batch that splits triplets.
+      run_dir.RunDirBusyError: when another process trains in model_dir.
     """
     config.validate()
     if (registry.get(config.sampler.sampler).labels == "classes" and
@@ -241,13 +247,21 @@ def prepare(config):
     replicas = strategy.num_replicas_in_sync
     check_whole_triplets_per_replica(config.batch_size, replicas)
     is_chief = _is_chief(strategy)
-    if is_chief:
-        run_dir.write_config(config.model_dir, config)
+    resolver = getattr(strategy, "cluster_resolver", None)
+    lock = run_dir.RunLock(config.model_dir, run_dir.lock_name(
+        is_chief, getattr(resolver, "task_type", None),
+        getattr(resolver, "task_id", None))).acquire()
+    try:
+        if is_chief:
+            run_dir.write_config(config.model_dir, config)
+    except BaseException:
+        lock.release()
+        raise
     keras.utils.set_random_seed(config.seed)
     logging.info("strategy %s: %d replica(s), %d windows each, %s mining",
                  config.strategy, replicas, config.batch_size // replicas,
                  config.mining)
-    return strategy, is_chief
+    return strategy, is_chief, lock
 
 
 def build_state(config, strategy, is_chief):
@@ -336,17 +350,21 @@ def train(config):
       ValueError: on an invalid config or an incompatible existing model_dir.
       NonFiniteLossError: when the loss becomes NaN/Inf (the last good
         checkpoint is kept).
+      run_dir.RunDirBusyError: when another process trains in model_dir.
+      run_dir.CheckpointWriteError: when a checkpoint cannot be written
+        (disk full, ...); the previous checkpoints are kept.
     """
-    strategy, is_chief = prepare(config)
-    state = build_state(config, strategy, is_chief)
-    if state.start_step >= config.steps:
-        return _already_trained(config, state)
-    iterator = iter(make_dataset(config, strategy, state.start_step))
-    step_fn = train_step_lib.make_train_step(
-        config, strategy, state.model, state.optimizer, state.step_var,
-        state.bad_step)
-    result = loop.run_steps(config, state, step_fn, iterator)
-    return _finish(config, result, write=is_chief)
+    strategy, is_chief, lock = prepare(config)
+    with lock:
+        state = build_state(config, strategy, is_chief)
+        if state.start_step >= loop.last_step(config):
+            return _already_trained(config, state)
+        iterator = iter(make_dataset(config, strategy, state.start_step))
+        step_fn = train_step_lib.make_train_step(
+            config, strategy, state.model, state.optimizer, state.step_var,
+            state.bad_step)
+        result = loop.run_steps(config, state, step_fn, iterator)
+        return _finish(config, result, write=is_chief)
 
 
 def _already_trained(config, state):
@@ -355,8 +373,10 @@ def _already_trained(config, state):
     Keeps the finished run's summary (its metrics and throughput) when there
     is one.
     """
-    logging.info("already trained to step %d >= --steps=%d; nothing to do",
-                 state.start_step, config.steps)
+    logging.info("already trained to step %d >= %s; nothing to do",
+                 state.start_step, "--stop_at_step=%d" % config.stop_at_step
+                 if loop.last_step(config) < config.steps
+                 else "--steps=%d" % config.steps)
     previous = run_dir.read_summary(config.model_dir)
     if previous is not None:
         return previous
@@ -373,12 +393,16 @@ def _finish(config, result, write=True):
       write: write the file (the chief does).
 
     Returns:
-      dict: step, steps, metrics, windows_per_second, interrupted.
+      dict: step, steps, metrics, windows_per_second, interrupted, and with
+      --skip_corrupt `skipped_records` (`records.skip_report()`: what this
+      process skipped, by shard and offset).
     """
     summary = {"step": result.step, "steps": config.steps,
                "metrics": result.metrics,
                "windows_per_second": result.windows_per_s,
                "interrupted": result.interrupted}
+    if config.skip_corrupt:
+        summary["skipped_records"] = records.skip_report()
     if write:
         run_dir.write_summary(config.model_dir, summary)
     return summary
