@@ -12,6 +12,10 @@ import numpy as np
 from triplet_audio.config import fields
 from triplet_audio.config import options
 
+DECODER_TIMEOUT_SECONDS = 60.0
+"""Default of `ExtractConfig.decoder_timeout_seconds`: one block of audio
+decodes in milliseconds; this leaves room for a cold network file system."""
+
 
 @dataclasses.dataclass(frozen=True)
 class ExtractConfig:
@@ -40,6 +44,12 @@ class ExtractConfig:
       beam_pipeline_options: Beam pipeline options for a Beam runner, each
         '--name=value' (or '--flag'); a comma-separated string is accepted.
         Must be empty for the local runner.
+      isolate_decoder: decode audio in a child process that is restarted
+        when a decoder crashes or hangs on a corrupt file, failing that file
+        alone (True), or in the extracting process (False); the records are
+        the same either way.
+      decoder_timeout_seconds: with isolate_decoder, how long the decoder
+        may send nothing before it is killed and the file failed.
     """
 
     input: str = fields.setting(
@@ -82,6 +92,15 @@ class ExtractConfig:
         "meta/esc50.csv + audio/; urbansound8k: metadata/UrbanSound8K.csv + "
         "audio/foldN/), or auto (detected from the metadata files).",
         choices=options.INPUT_FORMATS)
+    isolate_decoder: bool = fields.setting(
+        True, "Decode audio in a separate process, restarted when a decoder "
+        "crashes or hangs on a corrupt file, so that such a file fails alone "
+        "instead of the whole run; --noisolate_decoder decodes in the "
+        "extracting processes (the same records).")
+    decoder_timeout_seconds: float = fields.setting(
+        DECODER_TIMEOUT_SECONDS, "With --isolate_decoder: seconds the "
+        "decoder may go without producing audio before it is killed and the "
+        "file counted as failed.", lower_bound=0.001)
 
     def __post_init__(self):
         for name in ("input", "output_dir", "runner"):
@@ -123,6 +142,13 @@ class ExtractConfig:
         object.__setattr__(self, "extensions", extensions)
         object.__setattr__(self, "num_shards", int(self.num_shards))
         object.__setattr__(self, "workers", int(self.workers))
+        timeout = self.decoder_timeout_seconds
+        if isinstance(timeout, bool) or not isinstance(
+                timeout, (int, float, np.integer, np.floating)) or not (
+                    0 < timeout < float("inf")):
+            raise ValueError("decoder_timeout_seconds: must be a positive "
+                             "number of seconds, got %r" % (timeout,))
+        object.__setattr__(self, "decoder_timeout_seconds", float(timeout))
 
     @property
     def resolved_workers(self):

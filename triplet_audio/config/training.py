@@ -140,9 +140,11 @@ class TrainConfig:
         0, "Global seed: data order, sampler randomness and model "
         "initialisation.")
     skip_corrupt: bool = fields.setting(
-        False, "Skip corrupt shards (truncated) and records (checksum "
-        "mismatch), each logged, instead of stopping with an error that "
-        "names the shard.")
+        False, "Skip corrupt records (bad checksum, damaged length header, "
+        "truncation) and read every intact one; each skip is logged and "
+        "counted in the run summary (skipped_records). Without it a corrupt "
+        "record stops the run with an error naming the shard and byte "
+        "offset.")
     num_classes: int = 0
     tf_data_service: str = fields.setting(
         None, "grpc://host:port of a tf.data service dispatcher "

@@ -48,7 +48,8 @@ KIND_EMPTY = "empty"
 KIND_TRUNCATED = "truncated"
 """Fewer frames present or decodable than the header declares."""
 KIND_NON_FINITE = "non-finite samples"
-"""NaN or Inf samples (float subtypes)."""
+"""NaN or Inf samples (float subtypes), or finite float samples so large
+that mixing down or resampling them overflows float32."""
 KIND_ZERO_CHANNELS = "zero channels"
 KIND_BAD_SAMPLE_RATE = "invalid sample rate"
 
@@ -353,6 +354,20 @@ class AudioStream:
                  self.frames_read + int(bad)))
         return data
 
+    def _check_overflow(self, samples):
+        """Raises for output made non-finite from finite input.
+
+        A corrupt float file can hold finite samples near the float32 limit
+        (3e38); their mean or the resampling filter's sum overflows to Inf.
+        Found by the audio fuzzing (benchmarks/soak_parts/audio_fuzz.py).
+        """
+        if samples.size and not np.isfinite(samples).all():
+            raise AudioError(
+                self.path, KIND_NON_FINITE,
+                "samples as large as %g overflow float32 when mixed down or "
+                "resampled (input frames before %d)" % (
+                    self.peak, self.frames_read))
+
     def _check_length(self):
         declared = self.info.frames
         if self._segment is not None:
@@ -389,10 +404,13 @@ class AudioStream:
             self.blocks_read += 1
             self.frames_read += data.shape[0]
             self.peak = max(self.peak, float(np.abs(data).max()))
-            mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)
-            mono = np.ascontiguousarray(mono, dtype=np.float32)
-            if resampler is not None:
-                mono = resampler.resample_chunk(mono)
+            with np.errstate(over="ignore"):  # Checked just below.
+                mono = data[:, 0] if data.shape[1] == 1 else data.mean(
+                    axis=1)
+                mono = np.ascontiguousarray(mono, dtype=np.float32)
+                if resampler is not None:
+                    mono = resampler.resample_chunk(mono)
+            self._check_overflow(mono)
             if mono.shape[0]:
                 self.samples_out += mono.shape[0]
                 yield mono
@@ -402,6 +420,7 @@ class AudioStream:
         if resampler is not None:
             # Flushes the filter's delay line: the tail of the file.
             tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            self._check_overflow(tail)
             if tail.shape[0]:
                 self.samples_out += tail.shape[0]
                 yield tail
@@ -414,8 +433,20 @@ class AudioStream:
             try:
                 self._file.seek(frame)
                 return
-            except RuntimeError:
+            except RuntimeError as e:
+                error = e
+            try:
                 self._file.seek(0)  # Fall back to reading up to it.
+            except RuntimeError:
+                # A corrupt FLAC whose decoder lost sync fails both seeks:
+                # found by the audio fuzzing (benchmarks/soak_parts).
+                raise AudioError(
+                    self.path, KIND_TRUNCATED,
+                    "cannot seek to frame %d of %d declared, nor back to "
+                    "the start (%s)" % (
+                        frame, self.info.frames,
+                        getattr(error, "error_string", None) or error)
+                ) from error
         skipped = 0
         while skipped < frame:
             data = self._read_block(min(self.block_frames, frame - skipped))

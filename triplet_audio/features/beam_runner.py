@@ -54,6 +54,7 @@ import apache_beam as beam
 from apache_beam.options import pipeline_options as beam_options
 from apache_beam.runners import runner as beam_runner
 
+from triplet_audio.features import decode_worker
 from triplet_audio.features import inputs
 from triplet_audio.features import local_runner
 from triplet_audio.features import records
@@ -80,6 +81,8 @@ def task_to_json(task):
         "pad_short": task.pad_short,
         "output_dir": task.output_dir,
         "fingerprint": task.fingerprint,
+        "isolate_decoder": task.isolate_decoder,
+        "decoder_timeout_seconds": task.decoder_timeout_seconds,
     }, sort_keys=True)
 
 
@@ -91,7 +94,12 @@ def task_from_json(line):
     return shards.ShardTask(
         index=d["index"], num_shards=d["num_shards"], items=items,
         pad_short=d["pad_short"], output_dir=d["output_dir"],
-        fingerprint=d["fingerprint"])
+        fingerprint=d["fingerprint"],
+        # Absent from the plans of older versions: their defaults.
+        isolate_decoder=d.get("isolate_decoder", True),
+        decoder_timeout_seconds=d.get(
+            "decoder_timeout_seconds",
+            decode_worker.DEFAULT_TIMEOUT_SECONDS))
 
 
 def _attempt_leftovers(task):

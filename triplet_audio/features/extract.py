@@ -29,6 +29,7 @@ byte-identical to an uninterrupted one.
 
 from concurrent.futures import process as futures_process
 import os
+import re
 import time
 
 from absl import logging
@@ -81,14 +82,17 @@ def _prepare_output_dir(output_dir, tasks):
     # keeps the directory clean if this run has fewer shards to do.
     names = ours | {os.path.basename(t.summary_path) for t in tasks} | {
         records.MANIFEST_NAME}
-    for name in names:
-        # name.incomplete.incomplete: a summary's, on its way through
-        # jsonio.write_json (`shards.write_shard`).
-        for suffix in (records.TEMP_SUFFIX, records.TEMP_SUFFIX * 2):
-            stale = os.path.join(output_dir, name + suffix)
-            if os.path.exists(stale):
-                logging.info("removing stale %s", stale)
-                os.remove(stale)
+    # name[.pid].incomplete[.incomplete]: a worker's temporary names
+    # (`local_runner.worker_temp_suffix`); the second suffix is a summary's,
+    # on its way through jsonio.write_json (`shards.write_shard`).
+    stale_name = re.compile(r"(%s)(\.\d+)?(%s){1,2}$" % (
+        "|".join(re.escape(n) for n in sorted(names)),
+        re.escape(records.TEMP_SUFFIX)))
+    for entry in sorted(os.listdir(output_dir)):
+        if stale_name.match(entry):
+            stale = os.path.join(output_dir, entry)
+            logging.info("removing stale %s", stale)
+            os.remove(stale)
 
 
 def _manifest(config, classes, summaries, dataset_info=None):
@@ -176,7 +180,10 @@ def run(config, progress_seconds=PROGRESS_SECONDS):
     Raises:
       inputs.ExtractError: naming the field, for an unusable runner, input
         or output directory.
-      shards.RunnerError: the Beam job failed.
+      shards.RunnerError: the Beam job failed, or a shard's worker process
+        died `local_runner.MAX_WORKER_DEATHS` times.
+      shards.ShardWriteError: a shard could not be written (disk full, ...):
+        it names the shard and the cause.
     """
     beam_writer = None
     if config.runner != LOCAL_RUNNER:
@@ -187,7 +194,9 @@ def run(config, progress_seconds=PROGRESS_SECONDS):
                               config.input_format)
     items, classes = found.items, found.classes
     tasks = shards.make_shard_tasks(items, config.num_shards,
-                                    config.pad_short, config.output_dir)
+                                    config.pad_short, config.output_dir,
+                                    config.isolate_decoder,
+                                    config.decoder_timeout_seconds)
     _prepare_output_dir(config.output_dir, tasks)
     summaries, pending = {}, []
     for task in tasks:

@@ -9,8 +9,10 @@ The library behind bin/embed. `embed_corpus` reads either
     `path,labels[,split]`, listed by `inputs.discover_inputs`; or a dataset
     as distributed, `input_format` one of AudioSet, FSD50K, ESC-50,
     UrbanSound8K or auto, listed by `datasets.discover`: its labels, split
-    or fold, and AudioSet segments cut from whole-video files), read with
-    `audio_io.load_audio` and cut into windows by the front end,
+    or fold, and AudioSet segments cut from whole-video files), streamed
+    block by block (`audio_io.open_segment`) and cut into windows by the
+    front end, so a 10-hour file takes no more memory than a short one
+    (beyond its embeddings),
 
 and writes one row per 0.96 s window (windows `window_hop_seconds` apart:
 0.96, non-overlapping, by default; audio input can be cut denser), grouped
@@ -372,6 +374,50 @@ def _audio_window_pieces(waveform, hop_frames=C.WINDOW_FRAMES):
             yield _dense_windows_fn(piece, hop_frames).numpy()
 
 
+def _stream_window_pieces(blocks, hop_frames=C.WINDOW_FRAMES):
+    """`_audio_window_pieces` of a stream of blocks, without its waveform.
+
+    The same pieces, cut from the same samples (so the same windows, bit for
+    bit), while at most one piece's samples and a block are held: once a
+    piece of `MAX_WINDOWS_PER_RECORD` windows is cut, the samples before the
+    next piece's first window are never needed again.
+
+    Args:
+      blocks: iterable of float32 [n] arrays at 16 kHz (an
+        `audio_io.AudioStream`); the stream's own errors pass through.
+      hop_frames: STFT frames between window starts (96: non-overlapping).
+
+    Yields:
+      float32 arrays [count, 96, 64], in order; nothing for an empty stream.
+    """
+    piece_samples = frontend.samples_for_windows(C.MAX_WINDOWS_PER_RECORD,
+                                                 hop_frames)
+    step = C.MAX_WINDOWS_PER_RECORD * hop_frames * C.STFT_HOP_SAMPLES
+
+    def windows_of(piece):
+        if hop_frames == C.WINDOW_FRAMES:
+            return _windows_fn(piece).numpy()
+        return _dense_windows_fn(piece, hop_frames).numpy()
+
+    buffer = np.zeros(0, np.float32)
+    cut = 0  # Pieces yielded.
+    for block in blocks:
+        buffer = np.concatenate([buffer, block])
+        while buffer.shape[0] >= piece_samples:
+            yield windows_of(buffer[:piece_samples])
+            buffer = buffer[step:]
+            cut += 1
+    if not cut and buffer.shape[0] < C.MIN_WINDOW_SAMPLES:
+        if buffer.shape[0]:
+            yield _windows_fn(buffer).numpy()  # Padded to one window.
+        return
+    count = frontend.num_windows_for_samples(buffer.shape[0], pad_short=False,
+                                             hop_frames=hop_frames)
+    if count:
+        yield windows_of(buffer[:frontend.samples_for_windows(count,
+                                                              hop_frames)])
+
+
 def _audio_windows(waveform, hop_frames=C.WINDOW_FRAMES):
     """All of `_audio_window_pieces`, concatenated."""
     return np.concatenate(list(_audio_window_pieces(waveform, hop_frames)))
@@ -397,14 +443,16 @@ def _audio_segments(input_spec, batcher, progress,
                     hop_frames=C.WINDOW_FRAMES):
     """Embeds audio files; unusable ones are listed, not fatal.
 
-    A file's windows go to the batcher piece by piece (`_audio_window_pieces`,
-    keyed (file, piece)), so with dense hops a long file's windows never sit
-    in memory at once: only its embeddings do.
+    A file is streamed and its windows go to the batcher piece by piece
+    (`_stream_window_pieces`, keyed (file, piece)), so neither a long file's
+    waveform nor its windows sit in memory at once: only its embeddings do.
+    A file found unusable half-way contributes nothing.
     """
     from triplet_audio.features import audio_io  # pylint: disable=g-import-not-at-top
     found = datasets.discover(input_spec, input_format=input_format)
     items, classes = found.items, found.classes
     segments, failures = [], []
+    dropped = set()  # Segments of files found unusable half-way.
     audio_seconds = 0.0
 
     def collect(done):
@@ -412,37 +460,49 @@ def _audio_segments(input_spec, batcher, progress,
             segments[segment]["embeddings"][piece] = emb
 
     for item in items:
+        segment = {
+            "id": item.recording_id,
+            "embeddings": [],
+            "labels": sorted(item.labels),
+            "split": item.split,
+        }
+        segments.append(segment)
+        num_samples = 0
         try:
-            waveform = audio_io.load_audio(item.path,
-                                           start_seconds=item.start,
-                                           end_seconds=item.end)
-            if waveform.shape[0] == 0:
+            with audio_io.open_segment(item.path, item.start,
+                                       item.end) as stream:
+
+                def counted(stream=stream):
+                    nonlocal num_samples
+                    for block in stream:
+                        num_samples += block.shape[0]
+                        yield block
+
+                for piece, windows in enumerate(_stream_window_pieces(
+                        counted(), hop_frames)):
+                    segment["embeddings"].append(None)
+                    collect(batcher.add((len(segments) - 1, piece), windows))
+                if stream.silent:
+                    logging.warning("%s: silent (every sample is zero)",
+                                    item.path)
+            if num_samples == 0:
                 raise audio_io.AudioError(item.path, audio_io.KIND_EMPTY,
                                           "no samples")
         except (audio_io.AudioError, OSError) as e:
             logging.warning("skipping %s", e)
             failures.append({"path": item.path, "reason": str(e),
                              "kind": getattr(e, "kind", type(e).__name__)})
+            dropped.add(len(segments) - 1)
             continue
-        audio_seconds += waveform.shape[0] / float(C.SAMPLE_RATE)
-        num_windows = frontend.num_windows_for_samples(
-            waveform.shape[0], hop_frames=hop_frames)
-        segment = {
-            "id": item.recording_id,
-            "embeddings": [],
-            # 96 frames: 0.96 exactly, the start times there always were.
-            "start_times": [np.arange(num_windows, dtype=np.float32) *
-                            np.float32(hop_frames * C.STFT_HOP_SECONDS)],
-            "labels": sorted(item.labels),
-            "split": item.split,
-        }
-        segments.append(segment)
-        for piece, windows in enumerate(_audio_window_pieces(waveform,
-                                                             hop_frames)):
-            segment["embeddings"].append(None)
-            collect(batcher.add((len(segments) - 1, piece), windows))
-        progress.maybe_log(batcher.windows_done, len(segments))
+        audio_seconds += num_samples / float(C.SAMPLE_RATE)
+        num_windows = frontend.num_windows_for_samples(num_samples,
+                                                       hop_frames=hop_frames)
+        # 96 frames: 0.96 exactly, the start times there always were.
+        segment["start_times"] = [np.arange(num_windows, dtype=np.float32) *
+                                  np.float32(hop_frames * C.STFT_HOP_SECONDS)]
+        progress.maybe_log(batcher.windows_done, len(segments) - len(dropped))
     collect(batcher.flush())
+    segments = [s for i, s in enumerate(segments) if i not in dropped]
     progress.maybe_log(batcher.windows_done, len(segments), force=True)
     if not segments:
         raise EmbedError("input: none of the %d audio file(s) of %s could be "
@@ -576,7 +636,10 @@ def embed_corpus(input, output, saved_model=None, representation=None,  # pylint
 
 
 def _embedding_set(segments, class_names, embedder, source):
-    """Assembles the `EmbeddingSet` of the embedded segments."""
+    """Assembles the `EmbeddingSet` of the embedded segments.
+
+    Empties each segment's list of embedding pieces (they are copied).
+    """
     max_label = max((l for s in segments for l in s["labels"]), default=-1)
     if class_names is None:
         logging.warning("%s has no %s: naming classes by index", source,
@@ -588,8 +651,12 @@ def _embedding_set(segments, class_names, embedder, source):
     labels = np.zeros((len(segments), len(class_names)), np.uint8)
     for row, seg in enumerate(segments):
         labels[row, seg["labels"]] = 1
-    embeddings = np.concatenate([e for s in segments for e in s["embeddings"]])
     sizes = [sum(e.shape[0] for e in s["embeddings"]) for s in segments]
+    embeddings = np.concatenate([e for s in segments for e in s["embeddings"]])
+    for s in segments:
+        # The pieces are copied: freed now, a long file's embeddings are held
+        # twice only during the concatenation, not while they are written.
+        s["embeddings"].clear()
     return embeddings_io.EmbeddingSet(
         embeddings=embeddings,
         segment_index=np.repeat(np.arange(len(segments)), sizes),
