@@ -44,6 +44,13 @@ NUM_FULL_DISKS_QUICK = 1
 _BLOCK_SECONDS = 60
 
 
+def _length(hours):
+    """'10-hour' or '10-minute', for the rows' names."""
+    if hours >= 1:
+        return "%g-hour" % hours
+    return "%g-minute" % round(hours * 60, 1)
+
+
 def _write_long_wav(path, hours, seed):
     """A noisy tone of `hours`, written block by block (PCM_16, 16 kHz)."""
     import soundfile as sf  # pylint: disable=g-import-not-at-top
@@ -126,7 +133,7 @@ def _memory(ctx, log, short_dir, extract_short_mb):
                    extract_bound_mb=round(bound),
                    extract_long_seconds=round(seconds, 1))
     rows.append(common.row(
-        "extract_features on a %g-hour file: peak RSS within bound" % hours,
+        "extract_features on a %s file: peak RSS within bound" % _length(hours),
         1, int(rc == 0 and right and peak <= bound), int(rc == 0 and not right),
         "%.0f MB (short input %.0f MB, bound %.0f MB); %d windows%s" % (
             peak, extract_short_mb, bound, totals.get("windows", 0),
@@ -159,8 +166,8 @@ def _memory(ctx, log, short_dir, extract_short_mb):
                    embed_bound_mb=round(bound),
                    embed_long_seconds=round(seconds, 1))
     rows.append(common.row(
-        "embed --representation=logmel on a %g-hour file: peak RSS within "
-        "bound" % hours, 1, int(rc == 0 and rc_s == 0 and right
+        "embed --representation=logmel on a %s file: peak RSS within "
+        "bound" % _length(hours), 1, int(rc == 0 and rc_s == 0 and right
                                 and peak <= bound),
         int(rc == 0 and not right),
         "%.0f MB (short input %.0f MB, output %.0f MB, bound %.0f MB)%s" % (
