@@ -349,3 +349,18 @@ def test_extraction_settings_reach_the_decoder(tmp_path, faults):
         "%s: no output for 1 s" % decode_worker.KIND_TIMED_OUT)
     # In-process decoding never starts the child, so its hook cannot fire.
     assert run("in_process", isolate_decoder=False) == {}
+
+
+def test_bin_extract_features_ends_with_status_1_when_no_decoder_starts(
+        tmp_path, monkeypatch):
+    _tones(str(tmp_path / "in"), 1)
+    decode_worker.shutdown()
+    monkeypatch.setattr(decode_worker.sys, "executable", "/bin/false")
+    try:
+        status = extract.main(lambda: extract.ExtractConfig(
+            input=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
+            num_shards=1, workers=1))
+    finally:
+        decode_worker.shutdown()
+    assert status == 1
+    assert not os.path.exists(str(tmp_path / "out" / records.MANIFEST_NAME))

@@ -85,6 +85,7 @@ def extract_features():
 
       bin/extract_features --input=DIR|GLOB|CSV --output_dir=DIR
           [--num_shards=N] [--workers=N] [--strict] [--nopad_short]
+          [--decoder_timeout_seconds=S] [--noisolate_decoder]
       bin/extract_features --input=/data/ESC-50-master --input_format=auto
           --output_dir=DIR
 
@@ -93,7 +94,9 @@ def extract_features():
     lacks are listed in the manifest, not an error); auto detects it.
     Writes shard-NNNNN-of-MMMMM.tfrecord (+ .json summaries) and
     manifest.json to --output_dir. Re-running after an interruption finishes
-    the missing shards. Exit status: 0 success, 1 nothing extracted (or
+    the missing shards. Audio is decoded in a child process that is
+    restarted, so a decoder crash or hang fails one file, not the job.
+    Exit status: 0 success, 1 nothing extracted (or
     --strict and a file failed), 2 unusable flags, input or output directory.
     """
     define_flags("extract_features")

@@ -39,6 +39,7 @@ from triplet_audio.config import extract as extract_config
 from triplet_audio.config import jsonio
 from triplet_audio.config import options
 from triplet_audio.features import datasets
+from triplet_audio.features import decode_worker
 from triplet_audio.features import inputs
 from triplet_audio.features import local_runner
 from triplet_audio.features import records
@@ -305,5 +306,9 @@ def main(make_config):
         return 1
     except shards.RunnerError as e:
         logging.error("%s", e)
+        return 1
+    except decode_worker.DecoderStartError as e:
+        logging.error("%s; --noisolate_decoder decodes in this process "
+                      "instead (a decoder crash then ends the job)", e)
         return 1
     return exit_code(summary, config.strict)
