@@ -28,7 +28,6 @@ import os
 import struct
 import subprocess
 import sys
-import time
 
 import numpy as np
 

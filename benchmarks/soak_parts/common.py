@@ -126,6 +126,15 @@ def tail(path, chars=2000):
         return ""
 
 
+def dir_bytes(directory):
+    """{file name: bytes} of every file in `directory` (to compare corpora)."""
+    out = {}
+    for name in sorted(os.listdir(directory)):
+        with open(os.path.join(directory, name), "rb") as f:
+            out[name] = f.read()
+    return out
+
+
 def write_wavs(directory, count, seconds, seed, rate=16000):
     """`count` short noisy-tone WAV files (16-bit) for extraction runs.
 

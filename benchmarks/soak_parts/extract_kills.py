@@ -42,14 +42,6 @@ _WORKER_TEMP = re.compile(r"^(shard-\d+-of-\d+\.tfrecord)\.(\d+)%s$" %
                           re.escape(records.TEMP_SUFFIX))
 
 
-def _corpus(directory):
-    out = {}
-    for name in sorted(os.listdir(directory)):
-        with open(os.path.join(directory, name), "rb") as f:
-            out[name] = f.read()
-    return out
-
-
 def _worker_temps(directory):
     """{(shard name, worker pid)} of the shards workers are writing."""
     try:
@@ -216,7 +208,7 @@ def run(ctx):
                                       num_shards=num_shards, workers=1,
                                       isolate_decoder=False))
     clean_seconds = time.monotonic() - start
-    clean = _corpus(clean_dir)
+    clean = common.dir_bytes(clean_dir)
 
     reader = _Reader(clean)
     reader.start()
@@ -245,7 +237,7 @@ def run(ctx):
             if not landed:
                 # It finished first: a complete corpus, checked, and the
                 # next kill starts a fresh one.
-                lost_final += sum(1 for n, b in _corpus(out).items()
+                lost_final += sum(1 for n, b in common.dir_bytes(out).items()
                                   if clean.get(n) != b)
                 write_estimate = max(0.2, write_estimate / 2)
                 out = None
@@ -271,7 +263,7 @@ def run(ctx):
                 if killer is not None:
                     killer.stop.set()
                     killer.join()
-            got = _corpus(out)
+            got = common.dir_bytes(out)
             wrong = sorted(set(got) ^ set(clean)) + sorted(
                 n for n in got if n in clean and got[n] != clean[n])
             lost_final += len(wrong)
@@ -354,7 +346,7 @@ def _lost_workers(ctx, rng, src, num_shards, clean, log, final_kill=None):
                          (i, name))
             continue
         injected += 1
-        got = _corpus(out)
+        got = common.dir_bytes(out)
         wrong = sum(1 for n in set(got) | set(clean)
                     if got.get(n) != clean.get(n))
         lost += wrong
@@ -381,7 +373,7 @@ def _lost_workers(ctx, rng, src, num_shards, clean, log, final_kill=None):
     with open(log, errors="replace") as f:
         f.seek(mark)
         text = f.read()
-    got = _corpus(out)
+    got = common.dir_bytes(out)
     others_ok = all(got.get(n) == b for n, b in clean.items()
                     if not n.startswith(name[:-len(records.SHARD_SUFFIX)])
                     and n != records.MANIFEST_NAME)
@@ -389,7 +381,7 @@ def _lost_workers(ctx, rng, src, num_shards, clean, log, final_kill=None):
     partial = [n for n in got if n.endswith(records.TEMP_SUFFIX)] + (
         [name] if name in got else [])
     rc2 = _run_to_end(ctx, _command(src, out, num_shards), log)
-    final_ok = rc2 == 0 and _corpus(out) == clean
+    final_ok = rc2 == 0 and common.dir_bytes(out) == clean
     ok = (len(killer.killed) == local_runner.MAX_WORKER_DEATHS and named
           and others_ok and not partial and final_ok)
     rows.append(common.row(

@@ -89,14 +89,6 @@ def _measure(ctx, args, log, preexec_fn=None, timeout=3600):
             time.monotonic() - start)
 
 
-def _corpus(directory):
-    out = {}
-    for name in sorted(os.listdir(directory)):
-        with open(os.path.join(directory, name), "rb") as f:
-            out[name] = f.read()
-    return out
-
-
 def _limit_file_size(limit):
     # Python ignores SIGXFSZ from its start, so a write past the limit fails
     # with EFBIG (as a full disk fails with ENOSPC) instead of killing it.
@@ -181,7 +173,7 @@ def _memory(ctx, log, short_dir, extract_short_mb):
 
 def _full_disks(ctx, rng, src, clean_dir):
     """Shard writes failing with EFBIG; see the module docstring."""
-    clean = _corpus(clean_dir)
+    clean = common.dir_bytes(clean_dir)
     sizes = sorted((len(clean[records.shard_name(i, 2)]), i) for i in (0, 1))
     (small, _), (big, failing) = sizes
     target = NUM_FULL_DISKS_QUICK if ctx.quick else NUM_FULL_DISKS
@@ -205,7 +197,7 @@ def _full_disks(ctx, rng, src, clean_dir):
         named = bool(re.search(re.escape(failed) +
                                r": could not write the shard .*File too large",
                                text))
-        got = _corpus(out) if os.path.isdir(out) else {}
+        got = common.dir_bytes(out) if os.path.isdir(out) else {}
         # Only complete shards (and their summaries) may be there: the
         # small one committed, never a partial big one or temporary files.
         stray = [n for n in got if n not in clean or got[n] != clean[n]]
@@ -215,7 +207,7 @@ def _full_disks(ctx, rng, src, clean_dir):
         rc2, _, _ = _measure(ctx, [
             "extract_features", "--input=" + src, "--output_dir=" + out,
             "--num_shards=2", "--workers=1"], log)
-        final_ok = rc2 == 0 and _corpus(out) == clean
+        final_ok = rc2 == 0 and common.dir_bytes(out) == clean
         lost += not final_ok
         ok = rc == 1 and named and not stray and final_ok and (
             records.shard_name(failing, 2) not in visible)
