@@ -85,7 +85,8 @@ PIPE_BYTES = 1 << 20
 """Capacity asked for the child's output pipe: room for the prefetched
 files' blocks (~16 s of 16 kHz audio)."""
 _F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), named only in 3.10+.
-_PR_SET_PDEATHSIG = 1  # prctl option (Linux).
+_PR_SET_PDEATHSIG = 1  # prctl option (Linux), from <sys/prctl.h>.
+_PARENT_POLL_SECONDS = 1.0  # The watchdog's poll, where prctl is missing.
 
 FAULT_ENV = "TRIPLET_AUDIO_DECODER_FAULT"
 """Fault-injection hook read by the child only (see the module docstring)."""
@@ -167,8 +168,9 @@ class Decoder:
             os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", __name__], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, env=env, close_fds=True)
+                [sys.executable, "-m", __name__, str(os.getpid())],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                close_fds=True)
         except OSError as e:  # Out of processes or memory.
             raise DecoderStartError(
                 "the decoder process (%s -m %s) could not be started: %s" % (
@@ -648,20 +650,38 @@ def _serve(inp, out):
                       flush=True)
 
 
-def _die_with_parent():
-    """Asks Linux to kill this process when its parent dies: a decoder
-    stuck in native code would otherwise outlive a killed extraction."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        return  # Not Linux: EOF on stdin still ends an idle child.
-    if os.getppid() == 1:  # The parent died before the prctl.
-        os._exit(0)  # pylint: disable=protected-access
+def die_with_parent(parent_pid):
+    """Ends this process when its parent `parent_pid` ends, even by SIGKILL.
+
+    An orphaned extraction worker or decoder (stuck in native code, say)
+    would go on writing or decoding and take the cores the next run needs.
+    On Linux the kernel does it (prctl PR_SET_PDEATHSIG); elsewhere a daemon
+    thread polls the parent's pid.
+
+    Args:
+      parent_pid: the pid of the parent this process must not outlive.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) == 0:
+                if os.getppid() != parent_pid:  # It died before the prctl.
+                    os._exit(1)  # pylint: disable=protected-access
+                return
+        except (OSError, AttributeError):
+            pass  # No prctl: the watchdog below.
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(_PARENT_POLL_SECONDS)
+        os._exit(1)  # pylint: disable=protected-access
+
+    threading.Thread(target=watch, name="parent-watchdog",
+                     daemon=True).start()
 
 
 def main():
-    _die_with_parent()
+    die_with_parent(int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid())
     # The protocol owns the original stdout; anything a library prints goes
     # to stderr instead of corrupting it.
     out = os.fdopen(os.dup(1), "wb", buffering=1 << 16)

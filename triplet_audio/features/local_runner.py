@@ -21,19 +21,17 @@ Faults the pool survives:
 import collections
 import concurrent.futures
 from concurrent.futures import process as futures_process
-import ctypes
 import multiprocessing
 import os
 import queue as queue_lib
 import signal
-import sys
-import threading
 import time
 
 from absl import logging
 import tensorflow as tf
 
 from triplet_audio.config import options
+from triplet_audio.features import decode_worker
 from triplet_audio.features import records
 from triplet_audio.features import shards
 
@@ -46,11 +44,6 @@ PROGRESS_SECONDS = 5.0
 MAX_WORKER_DEATHS = 3
 """Worker processes a shard may take down before the runner gives up on it
 (a file that crashes the decoder, or needs more memory than there is)."""
-
-_PARENT_POLL_SECONDS = 1.0
-"""How often a worker's watchdog checks for its parent (non-Linux only)."""
-
-_PR_SET_PDEATHSIG = 1  # From <sys/prctl.h>.
 
 # What workers report on the progress queue, as (kind, ...) tuples.
 _FILE_DONE = "file"  # (kind, status, audio_seconds)
@@ -68,36 +61,11 @@ def worker_temp_suffix(pid):
     return ".%d%s" % (pid, records.TEMP_SUFFIX)
 
 
-def _die_with_parent(parent_pid):
-    """Ends this worker when the main process ends, even by SIGKILL.
-
-    An orphaned worker would go on writing (and block nothing, but waste the
-    cores the next run needs).
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) == 0:
-                if os.getppid() != parent_pid:  # It died before the prctl.
-                    os._exit(1)
-                return
-        except (OSError, AttributeError):
-            pass  # No prctl: the watchdog below.
-
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(_PARENT_POLL_SECONDS)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watchdog",
-                     daemon=True).start()
-
-
 def _init_worker(progress_queue, parent_pid):
     """Runs once in each worker process."""
     global _worker_progress
     _worker_progress = progress_queue
-    _die_with_parent(parent_pid)
+    decode_worker.die_with_parent(parent_pid)
     # Parallelism comes from the worker processes; TF's own thread pools on
     # top would oversubscribe the cores and slow every worker down.
     tf.config.threading.set_intra_op_parallelism_threads(1)
