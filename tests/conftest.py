@@ -15,6 +15,15 @@ if REPO_ROOT not in sys.path:
 import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+def pytest_configure(config):
+    # `make test` (CI) leaves these out; `make test-all` runs them. Each is a
+    # regression test of a fault that `benchmarks/soak.py --quick`, which CI
+    # runs after the tests, also injects through the binaries.
+    config.addinivalue_line(
+        "markers", "slow: a multi-process fault test (bin/train or "
+        "bin/extract_features runs) that the soak's quick mode also covers")
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir(tmp_path_factory):
     """Directory holding the audio fixtures of testdata/make_fixtures.py.

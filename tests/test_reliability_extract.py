@@ -102,6 +102,7 @@ class _WorkerKiller(threading.Thread):
             time.sleep(0.002)
 
 
+@pytest.mark.slow
 def test_a_lost_worker_is_replaced_and_a_poison_shard_is_named(tmp_path):
     """A worker SIGKILLed mid-shard: the pool restarts and redoes the shard;
     a shard whose worker dies every time fails naming it, the rest finish,

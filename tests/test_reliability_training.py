@@ -105,6 +105,7 @@ def test_each_task_of_a_cluster_has_its_own_lock_name():
     assert len(names) == 2 and run_dir.LOCK_NAME not in names
 
 
+@pytest.mark.slow
 def test_a_second_trainer_on_one_model_dir_is_refused(corpus, tmp_path):
     model_dir = str(tmp_path / "run")
     # Long enough to outlive the second run; stopped by SIGTERM after it.
@@ -154,6 +155,7 @@ def _limit_file_size():
                        (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
 
 
+@pytest.mark.slow
 def test_full_disk_during_a_checkpoint_keeps_the_last_one_and_resumes(
         corpus, tmp_path):
     model_dir = str(tmp_path / "run")

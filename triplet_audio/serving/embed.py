@@ -399,14 +399,23 @@ def _stream_window_pieces(blocks, hop_frames=C.WINDOW_FRAMES):
             return _windows_fn(piece).numpy()
         return _dense_windows_fn(piece, hop_frames).numpy()
 
-    buffer = np.zeros(0, np.float32)
+    # Blocks are joined once a piece's worth is held, not one by one: joining
+    # each block to a growing buffer copies it again for every block.
+    pending, held = [], 0
     cut = 0  # Pieces yielded.
     for block in blocks:
-        buffer = np.concatenate([buffer, block])
+        pending.append(block)
+        held += block.shape[0]
+        if held < piece_samples:
+            continue
+        buffer = np.concatenate(pending)
         while buffer.shape[0] >= piece_samples:
             yield windows_of(buffer[:piece_samples])
             buffer = buffer[step:]
             cut += 1
+        pending, held = [buffer], buffer.shape[0]
+    buffer = (np.concatenate(pending) if pending
+              else np.zeros(0, np.float32))
     if not cut and buffer.shape[0] < C.MIN_WINDOW_SAMPLES:
         if buffer.shape[0]:
             yield _windows_fn(buffer).numpy()  # Padded to one window.
