@@ -59,8 +59,10 @@ PARTS = (
 _SECTION = {p[0]: p[1] for p in PARTS}
 
 GRACE_SECONDS = 60.0
+GRACE_FRACTION = 0.5
 """How long past its deadline a part may run (to finish the fault in hand)
-before it is killed and reported as hung."""
+before it is killed and reported as hung: the larger of GRACE_SECONDS and
+GRACE_FRACTION of its budget."""
 
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of every random choice.")
 _QUICK = flags.DEFINE_bool(
@@ -118,13 +120,14 @@ def run_part(name, work_dir, seconds, quick, seed):
                "--seed=%d" % seed] + (["--quick"] if quick else [])
     start = time.monotonic()
     process = common.start(command, log_path)
+    grace = max(GRACE_SECONDS, GRACE_FRACTION * seconds)
     try:
-        process.wait(timeout=seconds + GRACE_SECONDS)
+        process.wait(timeout=seconds + grace)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, 9)
         process.wait()
         return _crashed(name, _SECTION[name], "hung: killed %.0f s past "
-                        "its deadline" % GRACE_SECONDS, log_path), (
+                        "its deadline" % grace, log_path), (
                             time.monotonic() - start)
     wall = time.monotonic() - start
     if process.returncode != 0 or not os.path.exists(output):
