@@ -5,6 +5,7 @@ the binary's (exit status, message, a second process); the rest call the
 library. Helpers and the corpus come from test_training.
 """
 
+import json
 import logging as std_logging
 import os
 import resource
@@ -66,8 +67,9 @@ def test_a_second_lock_on_a_run_directory_names_the_holder(tmp_path):
         assert socket.gethostname() in message
     finally:
         first.release()
-    with run_dir.RunLock(str(tmp_path)):  # Released: free again.
-        pass
+    with run_dir.RunLock(str(tmp_path)) as again:  # Released: free again.
+        with open(again.path) as f:
+            assert json.load(f)["pid"] == os.getpid()
 
 
 def test_a_sigkilled_holder_leaves_no_stale_lock(tmp_path):
