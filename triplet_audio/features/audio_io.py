@@ -191,7 +191,45 @@ def _declared_truncation(sound_file):
     return missing
 
 
-class AudioStream:
+class BlockStream:
+    """What every stream of 16 kHz blocks shares (`AudioStream`, and
+    `decode_worker.RemoteStream`, which decodes in a child process).
+
+    A subclass sets `path`, `peak`, `_segment` and `_iterated` (False), and
+    defines `close()` and `_blocks()` (the generator of blocks).
+    """
+
+    @property
+    def segment_frames(self):
+        """(first, last) input frames of a cut stream, or None."""
+        return self._segment
+
+    @property
+    def silent(self):
+        """True if every sample read so far is exactly zero."""
+        return self.peak == 0.0
+
+    def close(self):
+        raise NotImplementedError
+
+    def _blocks(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __iter__(self):
+        if self._iterated:
+            raise RuntimeError("%s: an AudioStream can be iterated once" %
+                               self.path)
+        self._iterated = True
+        return self._blocks()
+
+
+class AudioStream(BlockStream):
     """Reads one audio file as blocks of 16 kHz mono float32 samples.
 
     Opening validates the header (raising `AudioError`); iterating reads the
@@ -306,32 +344,9 @@ class AudioStream:
                     self.info.duration_seconds))
         self._segment = (first, last)
 
-    @property
-    def segment_frames(self):
-        """(first, last) input frames of a cut stream, or None."""
-        return self._segment
-
-    @property
-    def silent(self):
-        """True if every sample read so far is exactly zero."""
-        return self.peak == 0.0
-
     def close(self):
         """Closes the file (idempotent)."""
         self._file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __iter__(self):
-        if self._iterated:
-            raise RuntimeError("%s: an AudioStream can be iterated once" %
-                               self.path)
-        self._iterated = True
-        return self._blocks()
 
     def _read_block(self, frames=None):
         try:

@@ -448,7 +448,7 @@ class Decoder:
             self._kill()
 
 
-class RemoteStream:
+class RemoteStream(audio_io.BlockStream):
     """An `audio_io.AudioStream` whose decoding happens in a `Decoder`."""
 
     def __init__(self, decoder, path, info, block_frames):
@@ -465,35 +465,12 @@ class RemoteStream:
         self.blocks_read = 0
         self.peak = 0.0
 
-    @property
-    def segment_frames(self):
-        """(first, last) input frames of a cut stream, or None."""
-        return self._segment
-
-    @property
-    def silent(self):
-        """True if every sample read is exactly zero."""
-        return self.peak == 0.0
-
     def close(self):
         """Ends the stream (idempotent); an unfinished one restarts the
         child, which is still sending blocks."""
         if not self._done:
             self._done = True
             self._decoder._abandon()  # pylint: disable=protected-access
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __iter__(self):
-        if self._iterated:
-            raise RuntimeError("%s: an AudioStream can be iterated once" %
-                               self.path)
-        self._iterated = True
-        return self._blocks()
 
     def _blocks(self):
         try:
