@@ -350,3 +350,26 @@ def test_embedding_a_file_streams_it_with_the_same_output(tmp_path,
         np.testing.assert_array_equal(
             got.start_times[rows],
             np.arange(windows.shape[0], dtype=np.float32) * np.float32(0.48))
+
+
+def test_a_decoder_crash_while_embedding_costs_one_file(tmp_path, monkeypatch):
+    """bin/embed decodes in the restartable child too: a file that crashes
+    the decoder is listed as failed and the other files are embedded."""
+    from triplet_audio.features import decode_worker  # pylint: disable=g-import-not-at-top
+    src = str(tmp_path / "in")
+    os.makedirs(src)
+    for i, name in enumerate(["a.wav", "crash.wav", "c.wav"]):
+        _tone(os.path.join(src, name), 1.5, 300.0 + 200 * i)
+    monkeypatch.setenv(decode_worker.FAULT_ENV, "segv:crash.wav")
+    decode_worker.shutdown()  # The child reads the hook when it starts.
+    try:
+        output = str(tmp_path / "emb.npz")
+        embed.embed_corpus(src, output, representation="logmel")
+    finally:
+        monkeypatch.delenv(decode_worker.FAULT_ENV)
+        decode_worker.shutdown()
+    got = embed.embeddings_io.read_embeddings(output)
+    assert list(got.segment_ids) == ["a", "c"]
+    failed = got.metadata["failures"]
+    assert [f["path"] for f in failed] == [os.path.join(src, "crash.wav")]
+    assert "SIGSEGV" in failed[0]["reason"]

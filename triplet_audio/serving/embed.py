@@ -455,9 +455,14 @@ def _audio_segments(input_spec, batcher, progress,
     A file is streamed and its windows go to the batcher piece by piece
     (`_stream_window_pieces`, keyed (file, piece)), so neither a long file's
     waveform nor its windows sit in memory at once: only its embeddings do.
-    A file found unusable half-way contributes nothing.
+    A file found unusable half-way contributes nothing. Audio is decoded in
+    the restartable child process of `decode_worker` (as extraction does),
+    so a file that crashes or hangs the decoder is one failure, not the end
+    of the run.
     """
     from triplet_audio.features import audio_io  # pylint: disable=g-import-not-at-top
+    from triplet_audio.features import decode_worker  # pylint: disable=g-import-not-at-top
+    open_segment = decode_worker.shared_decoder().open_segment
     found = datasets.discover(input_spec, input_format=input_format)
     items, classes = found.items, found.classes
     segments, failures = [], []
@@ -478,8 +483,7 @@ def _audio_segments(input_spec, batcher, progress,
         segments.append(segment)
         num_samples = 0
         try:
-            with audio_io.open_segment(item.path, item.start,
-                                       item.end) as stream:
+            with open_segment(item.path, item.start, item.end) as stream:
 
                 def counted(stream=stream):
                     nonlocal num_samples
