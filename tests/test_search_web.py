@@ -6,6 +6,7 @@ model. The browser test drives Debian's chromium through its chromedriver
 (selenium); it is skipped, saying what to install, where either is missing.
 """
 
+import contextlib
 import http.client
 import json
 import os
@@ -81,10 +82,9 @@ def _post(server, path, body, headers=None):
                 "Content-Length": str(len(body))}).items():
             conn.putheader(k, v)
         conn.endheaders()
-        try:
+        # The server may answer (413) without reading it all.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             conn.send(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # The server answered (413) without reading it all.
         response = conn.getresponse()
         return response.status, json.loads(response.read() or b"{}")
     finally:

@@ -126,6 +126,21 @@ def tail(path, chars=2000):
         return ""
 
 
+def file_size_limit(limit):
+    """A `preexec_fn` that caps the files a child may write at `limit` bytes.
+
+    A full disk, simulated: a write past the limit fails with EFBIG (as a
+    full disk's fails with ENOSPC). Python ignores SIGXFSZ from its start, so
+    a Python child gets the error instead of being killed. Only the rlimit is
+    set here: the child is forked from a threaded process.
+    """
+    import resource  # pylint: disable=g-import-not-at-top
+
+    def preexec():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return preexec
+
+
 def dir_bytes(directory):
     """{file name: bytes} of every file in `directory` (to compare corpora)."""
     out = {}

@@ -17,7 +17,6 @@
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import threading
@@ -87,15 +86,6 @@ def _measure(ctx, args, log, preexec_fn=None, timeout=3600):
     # ru_maxrss is in KB on Linux.
     return (proc.returncode, usage.ru_maxrss / 1024.0,
             time.monotonic() - start)
-
-
-def _limit_file_size(limit):
-    # Python ignores SIGXFSZ from its start, so a write past the limit fails
-    # with EFBIG (as a full disk fails with ENOSPC) instead of killing it.
-    # Only the rlimit here: the child is forked from a threaded process.
-    def preexec():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return preexec
 
 
 def _memory(ctx, log, short_dir, extract_short_mb):
@@ -190,7 +180,7 @@ def _full_disks(ctx, rng, src, clean_dir):
         rc, _, _ = _measure(ctx, [
             "extract_features", "--input=" + src, "--output_dir=" + out,
             "--num_shards=2", "--workers=%d" % workers], log,
-            preexec_fn=_limit_file_size(limit))
+            preexec_fn=common.file_size_limit(limit))
         injected += 1
         text = common.tail(log, 10 ** 6)
         failed = os.path.join(out, records.shard_name(failing, 2))

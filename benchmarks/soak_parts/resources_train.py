@@ -16,7 +16,6 @@ resume from the last of them.
 
 import os
 import re
-import resource
 import signal
 import subprocess
 import time
@@ -32,12 +31,6 @@ FILE_SIZE_LIMIT = 1 << 20
 STAGGER_S = 0.5
 STEPS = 100000  # Stopped by SIGTERM long before.
 TIMEOUT_S = 600
-
-
-def _limit_file_size():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE,
-                       (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
 
 
 def _wait_for_checkpoint(process, model_dir):
@@ -123,7 +116,8 @@ def _full_disk(ctx, corpus, model_dir):
         status = subprocess.call(command, cwd=common.REPO_ROOT,
                                  env=common.child_env(), stdout=out,
                                  stderr=subprocess.STDOUT,
-                                 preexec_fn=_limit_file_size,
+                                 preexec_fn=common.file_size_limit(
+                                     FILE_SIZE_LIMIT),
                                  timeout=TIMEOUT_S)
     text = common.tail(log, 1 << 20)
     errors = [l for l in text.splitlines() if l.startswith("error: ")]
